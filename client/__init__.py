@@ -1,0 +1,1 @@
+"""SpineMet-FL client package (filled in by later issues)."""

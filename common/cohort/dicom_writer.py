@@ -1,0 +1,147 @@
+"""Write a rendered series as DICOM Part-10 MR Image Storage files, one per sagittal slice.
+
+UIDs are derived deterministically from the cohort seed and the patient (pydicom's
+``generate_uid`` with entropy sources), so the same cohort always carries the same UIDs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import MRImageStorage, RLELossless, UID, generate_uid
+
+from .grid import Grid
+from .scanners import ScannerProfile, SequenceProtocol
+
+_SCANNING = {"T1": ["SE"], "T2": ["SE"], "STIR": ["IR", "SE"]}
+_VARIANT = {"T1": ["SK", "SP", "OSP"], "T2": ["SK", "SP", "OSP"], "STIR": ["SK", "SP", "MP"]}
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What every series of one study shares."""
+
+    patient_id: str
+    patient_name: str
+    birth_date: str
+    sex: str
+    age_years: int
+    weight_kg: float
+    study_uid: str
+    study_date: str
+    study_time: str
+    accession: str
+    frame_of_reference_uid: str
+    station: str
+
+
+def derived_uid(*parts: object) -> UID:
+    """A deterministic UID (2.25 form) from the given parts."""
+    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+
+
+def _series_dataset(study: StudyInfo, profile: ScannerProfile, protocol: SequenceProtocol,
+                    grid: Grid, series_number: int, series_uid: str, window: tuple[float, float]
+                    ) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D"]
+    ds.SOPClassUID = MRImageStorage
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.study_date
+    t0 = dt.datetime.strptime(study.study_time, "%H%M%S") + dt.timedelta(minutes=4 * series_number)
+    ds.StudyTime = study.study_time
+    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = t0.strftime("%H%M%S")
+    ds.AccessionNumber = study.accession
+    ds.Modality = "MR"
+    ds.Manufacturer = profile.manufacturer
+    ds.InstitutionName = profile.institution
+    ds.ReferringPhysicianName = ""
+    ds.StationName = study.station
+    ds.StudyDescription = "MRI SPINE THORACOLUMBAR"
+    ds.SeriesDescription = protocol.description
+    ds.ManufacturerModelName = profile.model
+    ds.PatientName = study.patient_name
+    ds.PatientID = study.patient_id
+    ds.PatientBirthDate = study.birth_date
+    ds.PatientSex = study.sex
+    ds.PatientAge = f"{study.age_years:03d}Y"
+    ds.PatientWeight = f"{study.weight_kg:.1f}"
+    ds.BodyPartExamined = "LSPINE"
+    ds.ScanningSequence = _SCANNING[protocol.sequence]
+    ds.SequenceVariant = _VARIANT[protocol.sequence]
+    ds.MRAcquisitionType = "2D"
+    ds.SequenceName = {"T1": "*tse2d1_3", "T2": "*tse2d1_17", "STIR": "*tir2d1_13"}[protocol.sequence]
+    ds.SliceThickness = f"{profile.slice_thickness:.1f}"
+    ds.RepetitionTime = f"{protocol.repetition_time:g}"
+    ds.EchoTime = f"{protocol.echo_time:g}"
+    if protocol.inversion_time is not None:
+        ds.InversionTime = f"{protocol.inversion_time:g}"
+    ds.NumberOfAverages = "2"
+    ds.ImagingFrequency = f"{42.577478 * profile.field_strength:.6f}"
+    ds.ImagedNucleus = "1H"
+    ds.MagneticFieldStrength = f"{profile.field_strength:g}"
+    ds.SpacingBetweenSlices = f"{profile.slice_spacing:.2f}"
+    ds.EchoTrainLength = str(protocol.echo_train_length)
+    ds.ProtocolName = protocol.description
+    ds.FlipAngle = f"{protocol.flip_angle:g}"
+    ds.InPlanePhaseEncodingDirection = profile.phase_direction
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study.study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = study.accession[-6:]
+    ds.SeriesNumber = series_number
+    ds.AcquisitionNumber = 1
+    ds.ImageOrientationPatient = [f"{c:g}" for c in grid.image_orientation]
+    ds.FrameOfReferenceUID = study.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = grid.shape[1], grid.shape[2]
+    ds.PixelSpacing = [f"{grid.spacing[1]:.6g}", f"{grid.spacing[2]:.6g}"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = profile.bits_stored
+    ds.HighBit = profile.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = f"{window[0]:.0f}"
+    ds.WindowWidth = f"{window[1]:.0f}"
+    if profile.rescale_slope != 1.0:
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = f"{profile.rescale_slope:g}"
+        ds.RescaleType = "US"
+    return ds
+
+
+def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
+                 profile: ScannerProfile, protocol: SequenceProtocol, series_number: int,
+                 cohort_seed: int) -> tuple[str, int]:
+    """Write the slices of one series into ``folder``; return (series UID, bytes written)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = derived_uid(cohort_seed, study.patient_id, "series", series_number)
+    hi = float(np.percentile(stored[:, ::4, ::4], 99.5)) * profile.rescale_slope
+    window = (hi / 2.0, hi)
+    template = _series_dataset(study, profile, protocol, grid, series_number, series_uid, window)
+    total = 0
+    normal = np.cross(grid.image_orientation[:3], grid.image_orientation[3:])
+    kw = {"encoding_plugin": "pylibjpeg"} if profile.transfer_syntax == RLELossless else {}
+    for k in range(grid.shape[0]):
+        ds = Dataset()
+        ds.update(template)
+        sop_uid = derived_uid(cohort_seed, study.patient_id, "sop", series_number, k)
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = k + 1
+        ipp = grid.image_position(k)
+        ds.ImagePositionPatient = [f"{c:.4f}" for c in ipp]
+        ds.SliceLocation = f"{float(np.dot(normal, ipp)):.4f}"
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta = meta
+        ds.compress(profile.transfer_syntax, np.ascontiguousarray(stored[k]), **kw)
+        path = folder / f"{k + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return str(series_uid), total

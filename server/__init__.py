@@ -1,0 +1,1 @@
+"""SpineMet-FL server package (filled in by later issues)."""

@@ -1,0 +1,1 @@
+"""SpineMet-FL simulations package (filled in by later issues)."""
