@@ -31,7 +31,7 @@ SEQUENCE_GAIN = {"T1": 1.0, "T2": 0.85, "STIR": 1.5}
 SEQUENCE_SNR = {"T1": 1.0, "T2": 0.85, "STIR": 0.6}
 
 # Multiplicative texture amplitude per tissue.
-_TEXTURE = {Tissue.MARROW: 0.10, Tissue.MUSCLE: 0.07, Tissue.FAT: 0.03, Tissue.VISCERA: 0.35,
+_TEXTURE = {Tissue.MARROW: 0.10, Tissue.MUSCLE: 0.07, Tissue.FAT: 0.03, Tissue.VISCERA: 0.22,
             Tissue.METASTASIS: 0.12, Tissue.HAEMANGIOMA: 0.15, Tissue.CORD: 0.03,
             Tissue.MODIC1: 0.10, Tissue.MODIC2: 0.08, Tissue.FRACTURE_OEDEMA: 0.12,
             Tissue.NUCLEUS: 0.05, Tissue.ANNULUS: 0.05}
@@ -73,8 +73,8 @@ def relative_signal(labels: np.ndarray, mix: np.ndarray, sequence: str, marrow_f
         amp[int(tissue)] = a
     img *= 1.0 + amp[labels] * texture
     if sequence != "T1":   # fluid-filled bowel loops are bright on T2 and STIR
-        fluid = (labels == Tissue.VISCERA) & (texture > 1.5)
-        img[fluid] += 0.35
+        fluid = (labels == Tissue.VISCERA) & (texture > 1.8)
+        img[fluid] += 0.25
     return np.clip(img, 0.0, None)
 
 

@@ -12,6 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.pixels import get_encoder
+from pydicom.tag import Tag
 from pydicom.uid import MRImageStorage, RLELossless, UID, generate_uid
 
 from .grid import Grid
@@ -115,33 +120,77 @@ def _series_dataset(study: StudyInfo, profile: ScannerProfile, protocol: Sequenc
     return ds
 
 
+# Elements that differ between the slices of a series; everything else is encoded once.
+_PER_SLICE = (Tag(0x0008, 0x0018), Tag(0x0020, 0x0013), Tag(0x0020, 0x0032),
+              Tag(0x0020, 0x1041), Tag(0x7FE0, 0x0010))
+
+
+def _encode(ds: Dataset) -> bytes:
+    """Explicit VR little endian encoding of a dataset's elements (no preamble, no meta)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _segments(template: Dataset) -> list[bytes]:
+    """The template's elements encoded in the runs between the per-slice tags."""
+    bounds = (Tag(0),) + _PER_SLICE + (Tag(0xFFFF, 0xFFFF),)
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part = Dataset()
+        for elem in template:
+            if lo < elem.tag < hi:
+                part.add(elem)
+        out.append(_encode(part))
+    return out
+
+
 def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
                  profile: ScannerProfile, protocol: SequenceProtocol, series_number: int,
                  cohort_seed: int) -> tuple[str, int]:
-    """Write the slices of one series into ``folder``; return (series UID, bytes written)."""
+    """Write the slices of one series into ``folder``; return (series UID, bytes written).
+
+    The elements every slice shares are encoded once by pydicom's writer and reused; each
+    slice adds its own UID, number, position and compressed pixel data (pydicom's encoder
+    for the site's transfer syntax), in tag order, so each file is a standard Part-10 file.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = derived_uid(cohort_seed, study.patient_id, "series", series_number)
     hi = float(np.percentile(stored[:, ::4, ::4], 99.5)) * profile.rescale_slope
-    window = (hi / 2.0, hi)
-    template = _series_dataset(study, profile, protocol, grid, series_number, series_uid, window)
-    total = 0
-    normal = np.cross(grid.image_orientation[:3], grid.image_orientation[3:])
+    template = _series_dataset(study, profile, protocol, grid, series_number, series_uid,
+                               (hi / 2.0, hi))
+    shared = _segments(template)
+    encoder = get_encoder(profile.transfer_syntax)
     kw = {"encoding_plugin": "pylibjpeg"} if profile.transfer_syntax == RLELossless else {}
+    normal = np.cross(grid.image_orientation[:3], grid.image_orientation[3:])
+    total = 0
     for k in range(grid.shape[0]):
-        ds = Dataset()
-        ds.update(template)
         sop_uid = derived_uid(cohort_seed, study.patient_id, "sop", series_number, k)
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = k + 1
         ipp = grid.image_position(k)
-        ds.ImagePositionPatient = [f"{c:.4f}" for c in ipp]
-        ds.SliceLocation = f"{float(np.dot(normal, ipp)):.4f}"
+        frame = encoder.encode(np.ascontiguousarray(stored[k]), rows=grid.shape[1],
+                               columns=grid.shape[2], samples_per_pixel=1, bits_allocated=16,
+                               bits_stored=profile.bits_stored, pixel_representation=0,
+                               photometric_interpretation="MONOCHROME2", number_of_frames=1,
+                               **kw)
+        own = Dataset()
+        own.SOPInstanceUID = sop_uid
+        own.InstanceNumber = k + 1
+        own.ImagePositionPatient = [f"{c:.4f}" for c in ipp]
+        own.SliceLocation = f"{float(np.dot(normal, ipp)):.4f}"
+        own.PixelData = encapsulate([frame])
+        own["PixelData"].VR = "OB"
+        own["PixelData"].is_undefined_length = True
+        pieces = [_encode(Dataset({e.tag: e})) for e in own]
+        body = b"".join(x for pair in zip(shared, pieces + [b""]) for x in pair)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta = meta
-        ds.compress(profile.transfer_syntax, np.ascontiguousarray(stored[k]), **kw)
+        meta.TransferSyntaxUID = profile.transfer_syntax
+        head = DicomBytesIO()
+        head.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(head, meta, enforce_standard=True)
         path = folder / f"{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(head.getvalue() + body)
         total += path.stat().st_size
     return str(series_uid), total

@@ -1,0 +1,1 @@
+"""SpineMet-FL benchmarks: `python -m benchmarks` prints one table of measured numbers."""
