@@ -174,7 +174,7 @@ def sample_anatomy(rng: np.random.Generator, age: float) -> SpineAnatomy:
         scoliosis_phase=float(rng.uniform(0, 2 * np.pi)),
         back_muscle=float(rng.normal(48.0, 7.0) * size),
         back_fat=float(np.clip(rng.gamma(4.0, 5.0), 5.0, 55.0)),
-        prevertebral_fat=float(rng.uniform(3.0, 10.0)),
+        prevertebral_fat=float(rng.uniform(1.0, 4.0)),
         abdomen_depth=float(rng.normal(170.0, 25.0)),
         aorta_radius=float(rng.normal(10.0, 1.2)),
         psoas_scale=float(rng.normal(1.0, 0.12)),
@@ -340,9 +340,12 @@ def rasterize(anatomy: SpineAnatomy, grid: Grid, maps: SpineMaps | None = None
 def _paint_soft_tissue(labels, anatomy: SpineAnatomy, maps: SpineMaps, xs) -> None:
     """Back, abdomen, psoas, great vessels, lung bases, in patient coordinates."""
     z = maps.z
-    order = np.argsort(anatomy.centre_z)
-    yc = np.interp(z, anatomy.centre_z[order], anatomy.centre_y[order])       # per row
-    s_row = np.interp(z, anatomy.centre_z[order], anatomy.centre_s[order])
+    # Soft tissue follows the spine down to S1; below, the sacrum turns back but the body
+    # wall goes on down (buttocks), so hold the S1 position there.
+    above = anatomy.centre_s <= anatomy.vertebra("S1").s
+    cz, cy, cs = (a[above][::-1] for a in (anatomy.centre_z, anatomy.centre_y, anatomy.centre_s))
+    yc = np.interp(z, cz, cy)                                                  # per row
+    s_row = np.interp(z, cz, cs)
     half_d = anatomy.depth_at(s_row) / 2.0
     canal_ap, _ = anatomy.canal_at(s_row)
     y = maps.y[None, None, :]
@@ -368,7 +371,7 @@ def _paint_soft_tissue(labels, anatomy: SpineAnatomy, maps: SpineMaps, xs) -> No
     visc = inside & ~belly_fat & ~wall & (y > skin_ant + 14.0 + anatomy.back_fat * 0.8) & \
         (y < front - anatomy.prevertebral_fat)
     labels[visc] = Tissue.VISCERA
-    labels[inside & (y >= front - anatomy.prevertebral_fat) & (y < front + 4.0)] = Tissue.FAT
+    labels[inside & (y >= front - anatomy.prevertebral_fat) & (y < front + 2.0)] = Tissue.FAT
     # Lung bases: above the diaphragm (about the T12 body) lateral to the spine, posterior recess.
     # The diaphragm is a dome, lowest in the posterior recess beside the spine.
     z_diaph = anatomy.point(anatomy.vertebra("T12").s)[1] + 10.0
@@ -471,23 +474,24 @@ def _paint_vertebra(labels, vertebra_map, anatomy: SpineAnatomy, maps: SpineMaps
     vv = np.where(b.v > 0, b.v / post, b.v / half_d)
     q_body = _shape((u - top_drop / 2.0) / half_h, p=6) + \
         _nest(_shape(vv, b.x / (v.width / 2.0), p=2), 2, 6)
-    _paint_bone(labels, vertebra_map, b, q_body, 6, 1.3 / min(h / 2.0, half_d), level)
+    _paint_bone(labels, vertebra_map, b, q_body, 6, 1.0 / min(h / 2.0, half_d), level)
     if v.name in ("S3", "S4"):
         return
     sacral = v.region == "S"
     lab = labels[b.sl]
     disc_h = 9.0 if v.region == "L" else 5.5
     v0 = half_d + v.canal_ap + 4.0
-    # Foramen (fat with the exiting root) and interspinous fat, before the bone over them.
+    # Foramen (fat with the exiting root) and ligament, before the bone over them.
     foramen = _shape((u - 0.45 * h - 0.2 * disc_h) / (0.4 * h + disc_h / 2),
                      (ax - v.pedicle_x) / 7.0, (b.v - half_d - 6.0) / 7.0) <= 1.0
     lab[foramen & (lab != Tissue.CSF)] = Tissue.FAT
     root = _shape((u - 0.40 * h) / 3.2, (ax - v.pedicle_x) / 3.5,
                   (b.v - half_d - 5.0) / 3.2) <= 1.0
     lab[root & foramen] = Tissue.NERVE_ROOT
-    interspinous = (ax < 5.0) & (b.v > v0) & (b.v < v0 + v.spinous_length + 4.0) & \
+    # Interspinous ligament: a thin dark midline band between the spinous processes.
+    interspinous = (ax < 1.2) & (b.v > v0) & (b.v < v0 + v.spinous_length) & \
         (np.abs(u) < h / 2 + disc_h)
-    lab[interspinous & (lab == Tissue.MUSCLE)] = Tissue.FAT
+    lab[interspinous & (lab == Tissue.MUSCLE)] = Tissue.CORTEX
     # Pedicles: short cylinders from the posterior wall to the articular pillar, upper half.
     ped_len = v.canal_ap * 0.8
     v_ped = half_d + ped_len / 2.0 - 1.0
@@ -508,7 +512,7 @@ def _paint_vertebra(labels, vertebra_map, anatomy: SpineAnatomy, maps: SpineMaps
     along = (b.v - v0) / v.spinous_length
     q_sp = _shape((u - 0.05 * h - 0.25 * (b.v - v0)) / (0.34 * h), b.x / 3.8,
                   (along - 0.5) / 0.55, p=4)
-    for q, shell in ((q_ped, 0.25), (q_lam, 0.45), (q_sup, 0.3), (q_inf, 0.3), (q_sp, 0.3)):
+    for q, shell in ((q_ped, 0.2), (q_lam, 0.3), (q_sup, 0.2), (q_inf, 0.2), (q_sp, 0.2)):
         if sacral and q is q_inf:
             continue
         _paint_bone(labels, vertebra_map, b, q, 4, shell, level)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,10 +96,15 @@ class GroundTruth:
 def save_ground_truth(path: Path, gt: GroundTruth) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.npz")
-    np.savez_compressed(
-        tmp, tissue=gt.tissue, vertebra=gt.vertebra, canal=gt.canal.astype(np.uint8),
-        lesions=gt.lesions, mimics=gt.mimics, meta=np.array(json.dumps(gt.meta)),
-        **{f"bias_{k}": v for k, v in gt.bias_coarse.items()})
+    arrays = {"tissue": gt.tissue, "vertebra": gt.vertebra, "canal": gt.canal.astype(np.uint8),
+              "lesions": gt.lesions, "mimics": gt.mimics, "meta": np.array(json.dumps(gt.meta)),
+              **{f"bias_{k}": v for k, v in gt.bias_coarse.items()}}
+    # An ordinary .npz (np.load reads it), deflated at level 1: label volumes are long runs,
+    # so the fastest level costs little space.
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w") as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
     os.replace(tmp, path)
 
 
