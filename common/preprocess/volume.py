@@ -1,0 +1,106 @@
+"""Image volumes with their patient geometry, and moving them between grids.
+
+A :class:`Volume` is a 3-D array indexed (k, r, c) with the patient position of every
+voxel: ``origin`` (voxel (0,0,0), LPS mm), ``axes`` (3x3, row i = unit vector of index i in
+patient space) and ``spacing`` (mm per index step). The canonical orientation used by the
+pipeline is sagittal: k towards patient left (+x), r towards the feet (-z), c towards the back
+(+y), i.e. the usual sagittal display of a supine, head-first patient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage
+
+CANONICAL_AXES = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+@dataclass
+class Volume:
+    data: np.ndarray
+    origin: np.ndarray
+    axes: np.ndarray
+    spacing: np.ndarray
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 from index (k, r, c, 1) to patient (x, y, z, 1)."""
+        a = np.eye(4)
+        a[:3, :3] = (self.axes * self.spacing[:, None]).T
+        a[:3, 3] = self.origin
+        return a
+
+    def index_to_patient(self, idx: np.ndarray) -> np.ndarray:
+        return idx @ (self.axes * self.spacing[:, None]) + self.origin
+
+    def patient_to_index(self, pts: np.ndarray) -> np.ndarray:
+        return np.linalg.solve((self.axes * self.spacing[:, None]).T, (pts - self.origin).T).T
+
+    def with_data(self, data: np.ndarray) -> "Volume":
+        return replace(self, data=data)
+
+
+def from_affine(data: np.ndarray, affine: np.ndarray) -> Volume:
+    m = np.asarray(affine, float)[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    return Volume(np.asarray(data), np.asarray(affine, float)[:3, 3].copy(),
+                  (m / spacing).T.copy(), spacing)
+
+
+def to_canonical(vol: Volume) -> Volume:
+    """Permute and flip the array so that it lies in the canonical sagittal orientation.
+
+    Only exact 90-degree re-indexing (no interpolation): the nearest canonical axis of each
+    array axis is chosen, so an oblique sagittal series stays oblique by a few degrees and the
+    resampling step takes care of the rest.
+    """
+    target = CANONICAL_AXES
+    # For each canonical axis, the array axis most parallel to it.
+    dots = vol.axes @ target.T                    # (array axis, canonical axis)
+    order = [int(np.argmax(np.abs(dots[:, j]))) for j in range(3)]
+    if sorted(order) != [0, 1, 2]:               # degenerate (should not happen): keep as is
+        return vol
+    data = np.transpose(vol.data, order)
+    axes = vol.axes[order].copy()
+    spacing = vol.spacing[order].copy()
+    origin = vol.origin.copy()
+    for j in range(3):
+        if axes[j] @ target[j] < 0:
+            n = data.shape[j]
+            origin = origin + axes[j] * spacing[j] * (n - 1)
+            axes[j] = -axes[j]
+            data = np.flip(data, axis=j)
+    return Volume(np.ascontiguousarray(data), origin, axes, spacing)
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned (canonical) target grid: origin, shape (k, r, c), spacing (mm)."""
+
+    origin: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    def volume(self, data: np.ndarray | None = None) -> Volume:
+        return Volume(np.zeros(self.shape, np.float32) if data is None else data,
+                      np.asarray(self.origin, float), CANONICAL_AXES.copy(),
+                      np.asarray(self.spacing, float))
+
+
+def resample(vol: Volume, box: Box, order: int = 1, shift_mm: np.ndarray | None = None,
+             cval: float = 0.0) -> np.ndarray:
+    """Sample ``vol`` on the grid ``box`` through patient coordinates (header geometry).
+
+    ``shift_mm`` moves the source by a translation (from a registration refinement).
+    """
+    target = box.volume()
+    k, r, c = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in box.shape], indexing="ij")
+    # Only the three axis vectors are needed: coordinates are affine in the index.
+    src = np.linalg.inv((vol.axes * vol.spacing[:, None]).T)
+    step = src @ (target.axes * target.spacing[:, None]).T       # index step -> source index
+    offset = src @ (target.origin - vol.origin - (0 if shift_mm is None else shift_mm))
+    coords = [step[i, 0] * k + step[i, 1] * r + step[i, 2] * c + offset[i] for i in range(3)]
+    return ndimage.map_coordinates(vol.data.astype(np.float32, copy=False), coords, order=order,
+                                   mode="constant", cval=cval, prefilter=False)
