@@ -108,6 +108,11 @@ def cohort(
         raise typer.Exit(1)
 
 
+from .cli_preprocess import preprocess_command  # noqa: E402
+
+app.command("preprocess")(preprocess_command)
+
+
 @app.command()
 def preview(
     cohort_dir: Annotated[Path, typer.Argument(help="A cohort folder (with labels.csv).")],
@@ -127,6 +132,12 @@ def preview(
         paths.append(write_comparison(cohort_dir, real, out / "synthetic_vs_real.png"))
     for p in paths:
         print(p)
+
+
+from .cli_dicom import inspect_command, validate_command  # noqa: E402  (imports typer only)
+
+app.command("inspect")(inspect_command)
+app.command("validate")(validate_command)
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ def derived_uid(*parts: object) -> UID:
     return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
 
 
+def _ds(value: float) -> str:
+    """A decimal string as precise as DS allows (16 characters)."""
+    return f"{value:.12f}".rstrip("0").rstrip(".")[:16]
+
+
 def _series_dataset(study: StudyInfo, profile: ScannerProfile, protocol: SequenceProtocol,
                     grid: Grid, series_number: int, series_uid: str, window: tuple[float, float]
                     ) -> Dataset:
@@ -106,7 +111,7 @@ def _series_dataset(study: StudyInfo, profile: ScannerProfile, protocol: Sequenc
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = grid.shape[1], grid.shape[2]
-    ds.PixelSpacing = [f"{grid.spacing[1]:.6g}", f"{grid.spacing[2]:.6g}"]
+    ds.PixelSpacing = [_ds(grid.spacing[1]), _ds(grid.spacing[2])]
     ds.BitsAllocated = 16
     ds.BitsStored = profile.bits_stored
     ds.HighBit = profile.bits_stored - 1

@@ -1,6 +1,7 @@
 """The voxel grid of a sagittal series in DICOM patient coordinates (LPS, mm).
 
-Slices are sagittal planes stacked along +x (patient right to left). Within a slice, rows
+Slices are sagittal planes stacked along the DICOM slice normal (row cosine x column cosine
+= -x: patient left to right), as GDCM/ITK and most readers order them. Within a slice, rows
 run from superior to inferior (column direction cosine (0, 0, -1)) and columns from anterior
 to posterior (row direction cosine (0, 1, 0)): the usual display with the patient facing
 left and the head up.
@@ -14,7 +15,7 @@ import numpy as np
 
 ROW_COSINE = (0.0, 1.0, 0.0)      # direction of increasing column index
 COLUMN_COSINE = (0.0, 0.0, -1.0)  # direction of increasing row index
-SLICE_COSINE = (1.0, 0.0, 0.0)    # direction of increasing slice index
+SLICE_COSINE = (-1.0, 0.0, 0.0)   # direction of increasing slice index (= the normal)
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,13 @@ class Grid:
         """A square FOV of ``matrix`` pixels and ``slices`` slices centred on ``centre``."""
         px = fov / matrix
         cx, cy, cz = centre
-        origin = (cx - (slices - 1) / 2 * slice_spacing,
+        origin = (cx + (slices - 1) / 2 * slice_spacing,
                   cy - (matrix - 1) / 2 * px,
                   cz + (matrix - 1) / 2 * px)
         return cls((slices, matrix, matrix), (slice_spacing, px, px), origin)
 
     def x_of_slices(self) -> np.ndarray:
-        return self.origin[0] + np.arange(self.shape[0]) * self.spacing[0]
+        return self.origin[0] + np.arange(self.shape[0]) * self.spacing[0] * SLICE_COSINE[0]
 
     def z_of_rows(self) -> np.ndarray:
         return self.origin[2] - np.arange(self.shape[1]) * self.spacing[1]
@@ -48,7 +49,8 @@ class Grid:
 
     def image_position(self, k: int) -> tuple[float, float, float]:
         """ImagePositionPatient of slice k (centre of its first transmitted pixel)."""
-        return (self.origin[0] + k * self.spacing[0], self.origin[1], self.origin[2])
+        return (self.origin[0] + k * self.spacing[0] * SLICE_COSINE[0], self.origin[1],
+                self.origin[2])
 
     @property
     def image_orientation(self) -> tuple[float, ...]:

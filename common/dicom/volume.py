@@ -1,0 +1,52 @@
+"""Load the pixels of an ordered series as one float32 volume (modality LUT applied)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scan import Series
+
+
+class DicomLoadError(RuntimeError):
+    """Pixels of a file could not be decoded; ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = Path(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def _pixels(path: Path) -> np.ndarray:
+    from .header import TRUNCATED
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - report which file and why, never a traceback
+        raise DicomLoadError(path, TRUNCATED, f"pixel data could not be decoded "
+                                              f"({type(exc).__name__})") from exc
+    return arr
+
+
+def load_series(series: "Series") -> np.ndarray:
+    """(slices, rows, cols) float32, slices in the series' order along the normal, each
+    slice's stored values x RescaleSlope + RescaleIntercept (per frame for enhanced MR)."""
+    out = np.empty(series.shape, np.float32)
+    cache: dict[Path, np.ndarray] = {}
+    for k, (path, frame) in enumerate(series.frames):
+        if path not in cache:
+            cache = {path: _pixels(path)}          # files are visited in order: keep one
+        arr = cache[path]
+        img = arr[frame.index] if frame.index is not None and arr.ndim == 3 else arr
+        if img.shape != series.shape[1:]:
+            raise DicomLoadError(path, "inconsistent geometry",
+                                 f"decoded {img.shape}, header says {series.shape[1:]}")
+        out[k] = img.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
+    return out
