@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -90,41 +91,92 @@ def test_invalid_specs_are_refused():
         CohortSpec(patients=10, difficulty=1.5)
 
 
-@pytest.mark.parametrize("which", [0, 5])
-def test_regenerated_patient_is_byte_identical(small_cohort, tmp_path, which):
-    """A patient synthesised alone (from its plan) equals the cohort's copy: same pixel
-    bytes (encapsulated and decoded), same UIDs, same ground truth."""
-    plan = plan_cohort(SMALL_SPEC)[which]
-    rec = synthesise_patient(SMALL_SPEC, plan, tmp_path)
-    row = next(r for r in small_cohort.labels if r["patient_id"] == plan.patient_id)
-    assert rec.study_uid == row["study_uid"]
+@pytest.fixture(scope="module")
+def regenerated(small_cohort, tmp_path_factory):
+    """Patients 0 and 5 of the small cohort synthesised again, alone, into another folder."""
+    out = tmp_path_factory.mktemp("regenerated")
+    plans = [plan_cohort(SMALL_SPEC)[i] for i in (0, 5)]
+    records = [synthesise_patient(SMALL_SPEC, p, out) for p in plans]
+    return out, plans, records
+
+
+def _pairs(small_cohort, out, plan):
     for folder in SERIES_FOLDERS.values():
-        ours = series_files(tmp_path / plan.site / plan.patient_id / folder)
+        ours = series_files(out / plan.site / plan.patient_id / folder)
         theirs = series_files(small_cohort.path / plan.site / plan.patient_id / folder)
         assert [p.name for p in ours] == [p.name for p in theirs] and ours
         for a, b in zip(ours, theirs):
-            da, db = pydicom.dcmread(a), pydicom.dcmread(b)
+            yield pydicom.dcmread(a), pydicom.dcmread(b)
+
+
+def test_regenerated_patient_has_byte_identical_pixels(small_cohort, regenerated):
+    """A patient synthesised alone (from its plan) has the cohort copy's pixel bytes
+    (encapsulated and decoded) and ground truth."""
+    out, plans, _ = regenerated
+    for plan in plans:
+        for da, db in _pairs(small_cohort, out, plan):
             assert da.PixelData == db.PixelData
             np.testing.assert_array_equal(da.pixel_array, db.pixel_array)
+        ga = load_ground_truth(out / "ground_truth" / f"{plan.patient_id}.npz")
+        gb = small_cohort.gt(plan.patient_id)
+        np.testing.assert_array_equal(ga.tissue, gb.tissue)
+        np.testing.assert_array_equal(ga.lesions, gb.lesions)
+
+
+def test_regenerated_patient_has_identical_uids(small_cohort, regenerated):
+    """Study/series/SOP/frame-of-reference UIDs are derived from the cohort seed and the
+    patient, so a regenerated patient carries the same UIDs (and labels.csv stays valid)."""
+    out, plans, records = regenerated
+    for plan, rec in zip(plans, records):
+        row = next(r for r in small_cohort.labels if r["patient_id"] == plan.patient_id)
+        diffs = []
+        for da, db in _pairs(small_cohort, out, plan):
             for kw in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
                        "FrameOfReferenceUID"):
-                assert da[kw].value == db[kw].value, kw
-    ga = load_ground_truth(tmp_path / "ground_truth" / f"{plan.patient_id}.npz")
-    gb = small_cohort.gt(plan.patient_id)
-    np.testing.assert_array_equal(ga.tissue, gb.tissue)
-    np.testing.assert_array_equal(ga.lesions, gb.lesions)
+                if da[kw].value != db[kw].value:
+                    diffs.append((kw, da[kw].value, db[kw].value))
+        assert not diffs, f"{len(diffs)} UIDs differ, e.g. {diffs[:2]}"
+        assert rec.study_uid == row["study_uid"]
 
 
-def test_resumed_write_keeps_existing_patients(small_cohort):
-    labels_before = (small_cohort.path / "labels.csv").read_bytes()
-    some = series_files(small_cohort.series_dir(small_cohort.labels[0], "T1"))[0]
-    mtime = some.stat().st_mtime_ns
-    summary = write_cohort(SMALL_SPEC, small_cohort.path, workers=1)
+def test_derived_uid_is_deterministic():
+    from spinemet.common.cohort.dicom_writer import derived_uid
+    assert derived_uid(7, "sm7-0001", "study") == derived_uid(7, "sm7-0001", "study")
+    assert derived_uid(7, "sm7-0001", "study") != derived_uid(7, "sm7-0002", "study")
+
+
+@pytest.fixture()
+def cohort_copy(small_cohort, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(small_cohort.path, dst)
+    return dst
+
+
+def test_resumed_write_keeps_existing_patients(cohort_copy):
+    first_t1 = sorted(cohort_copy.glob("hospital-*/sm7-*/t1_sag/0001.dcm"))[0]
+    mtime = first_t1.stat().st_mtime_ns
+    summary = write_cohort(SMALL_SPEC, cohort_copy, workers=1)
     assert summary.written == 0
     assert summary.skipped == SMALL_SPEC.patients
     assert not summary.failed
-    assert (small_cohort.path / "labels.csv").read_bytes() == labels_before
-    assert some.stat().st_mtime_ns == mtime
+    assert first_t1.stat().st_mtime_ns == mtime
+    assert len(read_labels(cohort_copy / "labels.csv")) == SMALL_SPEC.patients
+
+
+def test_resumed_write_keeps_labels_consistent_with_dicom(cohort_copy):
+    """After a resume, labels.csv's study_uid must still equal the stored DICOM's
+    StudyInstanceUID (the writer re-derives the UIDs of kept patients)."""
+    before = (cohort_copy / "labels.csv").read_bytes()
+    write_cohort(SMALL_SPEC, cohort_copy, workers=1)
+    rows = read_labels(cohort_copy / "labels.csv")
+    wrong = []
+    for r in rows:
+        f = cohort_copy / r["site"] / r["patient_id"] / "t1_sag" / "0001.dcm"
+        uid = pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID
+        if uid != r["study_uid"]:
+            wrong.append(r["patient_id"])
+    assert not wrong, f"{len(wrong)}/{len(rows)} study_uids in labels.csv no longer match"
+    assert (cohort_copy / "labels.csv").read_bytes() == before
 
 
 def test_resume_regenerates_a_missing_patient(tmp_path):

@@ -7,6 +7,7 @@ UIDs are derived deterministically from the cohort seed and the patient (pydicom
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.pixels import get_encoder
 from pydicom.tag import Tag
-from pydicom.uid import MRImageStorage, RLELossless, UID, generate_uid
+from pydicom.uid import MRImageStorage, RLELossless, UID
 
 from .grid import Grid
 from .scanners import ScannerProfile, SequenceProtocol
 
+_NAMESPACE = uuid.UUID("5f1c0d2e-6a57-4a0e-9a43-5b1e2f3c4d5e")  # SpineMet-FL synthetic cohort
 _SCANNING = {"T1": ["SE"], "T2": ["SE"], "STIR": ["IR", "SE"]}
 _VARIANT = {"T1": ["SK", "SP", "OSP"], "T2": ["SK", "SP", "OSP"], "STIR": ["SK", "SP", "MP"]}
 
@@ -45,8 +47,10 @@ class StudyInfo:
 
 
 def derived_uid(*parts: object) -> UID:
-    """A deterministic UID (2.25 form) from the given parts."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A deterministic UID in the 2.25 (UUID) arc: a name-based UUID (RFC 4122 version 5)
+    of the given parts, so the same cohort always carries the same UIDs."""
+    name = "|".join(str(p) for p in parts)
+    return UID(f"2.25.{uuid.uuid5(_NAMESPACE, name).int}")
 
 
 def _ds(value: float) -> str:

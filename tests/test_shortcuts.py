@@ -1,0 +1,155 @@
+"""Shortcut checks: nothing but the images' content should predict the label.
+
+Measure: 5-fold stratified cross-validated accuracy (shuffled, fixed seed) of a classifier
+trained on one group of features of the ~240-patient cohort. Under the null hypothesis
+(features carry no label information) the number of correct predictions is about
+Binomial(n, 1/3); a group of features "predicts no better than chance" when its accuracy
+stays at or below ``binom.ppf(0.995, n, 1/3) / n``, the upper end of the central 99 %
+interval around chance (about 0.41 for n = 240). A positive control (the ground-truth
+metastasis volume) shows the same procedure does detect a real signal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_rescale
+from scipy import stats
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from scipy import ndimage
+
+from conftest import labels_on_series_grid, series_files
+from spinemet.common.cohort.patient import SERIES_FOLDERS
+
+pytestmark = pytest.mark.shortcut
+
+SEQS = tuple(SERIES_FOLDERS)
+NUMERIC = ("Rows", "Columns", "SliceThickness", "SpacingBetweenSlices", "RepetitionTime",
+           "EchoTime", "InversionTime", "MagneticFieldStrength", "PatientWeight",
+           "WindowCenter", "WindowWidth", "RescaleSlope")
+BINS = 32
+
+
+def chance_upper(n: int) -> float:
+    return float(stats.binom.ppf(0.995, n, 1 / 3)) / n
+
+
+def cv_accuracy(model, X, y) -> float:
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    return float(cross_val_score(model, X, y, cv=cv, scoring="accuracy").mean())
+
+
+def logistic():
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+
+
+def forest():
+    return RandomForestClassifier(n_estimators=200, min_samples_leaf=3, random_state=0,
+                                  n_jobs=2)
+
+
+def _num(ds, kw):
+    v = ds.get(kw, None)
+    if v is None or v == "":
+        return 0.0
+    return float(v)
+
+
+@pytest.fixture(scope="module")
+def features(large_cohort):
+    rows = large_cohort.labels
+    manufacturers = sorted({pydicom.dcmread(series_files(large_cohort.series_dir(r, "T1"))[0],
+                                            stop_before_pixels=True).Manufacturer
+                            for r in rows})
+    header, hist, site, y, lesion, rest = [], [], [], [], [], []
+    sites = sorted({r["site"] for r in rows})
+    for r in rows:
+        h, g, o = [], [], []
+        gt = large_cohort.gt(r["patient_id"])
+        spine = ndimage.binary_dilation((gt.vertebra > 0) | gt.canal | (gt.lesions > 0),
+                                        iterations=3).astype(np.uint8)
+        for seq in SEQS:
+            files = series_files(large_cohort.series_dir(r, seq))
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+            h += [_num(ds, kw) for kw in NUMERIC]
+            h += [float(v) for v in ds.PixelSpacing] + [float(len(files))]
+            if seq == "T1":
+                h += [float(str(ds.PatientAge).rstrip("Y")), float(ds.PatientSex == "M")]
+                h += [float(ds.Manufacturer == m) for m in manufacturers]
+            mid = len(files) // 2
+            slab = np.stack([apply_rescale(pydicom.dcmread(f).pixel_array,
+                                           pydicom.dcmread(f, stop_before_pixels=True))
+                             for f in files[mid - 1:mid + 2]]).astype(np.float64)
+            slab /= np.percentile(slab, 99)
+            counts, _ = np.histogram(np.clip(slab, 0, 1.5), bins=BINS, range=(0, 1.5))
+            g += list(counts / counts.sum())
+            # The same histogram without the spine (bone, canal, lesions, +3 px): what is
+            # left can only be acquisition or soft tissue, never the disease itself.
+            keep = labels_on_series_grid(gt, seq, spine)[mid - 1:mid + 2] == 0
+            counts, _ = np.histogram(np.clip(slab[keep], 0, 1.5), bins=BINS, range=(0, 1.5))
+            o += list(counts / counts.sum())
+        header.append(h)
+        hist.append(g)
+        rest.append(o)
+        site.append([float(r["site"] == s) for s in sites])
+        y.append(r["label"])
+        lesion.append([np.log1p(float((gt.lesions > 0).sum()))])
+    return {k: np.asarray(v, float) for k, v in
+            dict(header=header, hist=hist, site=site, y=y, lesion=lesion, rest=rest).items()}
+
+
+def test_cohort_is_large_enough_and_balanced(features):
+    y = features["y"].astype(int)
+    assert len(y) >= 200
+    assert np.bincount(y).min() >= len(y) * 0.3
+    assert chance_upper(len(y)) < 0.45
+
+
+def test_positive_control_lesion_volume_predicts_label(features):
+    """The ground-truth metastasis volume does carry the label: accuracy far above the
+    chance bound, so the check below can fail."""
+    y = features["y"].astype(int)
+    acc = cv_accuracy(logistic(), features["lesion"], y)
+    assert acc > chance_upper(len(y)) + 0.2, acc
+
+
+def test_site_alone_does_not_predict_label(features):
+    y = features["y"].astype(int)
+    acc = cv_accuracy(logistic(), features["site"], y)
+    assert acc <= chance_upper(len(y)), (acc, chance_upper(len(y)))
+
+
+def test_dicom_headers_alone_do_not_predict_label(features):
+    """Numeric header features of the three series (matrix, spacing, thickness, TR/TE/TI,
+    field strength, slice count, age, weight, sex, window, slope, manufacturer one-hot)."""
+    y = features["y"].astype(int)
+    acc = cv_accuracy(logistic(), features["header"], y)
+    assert acc <= chance_upper(len(y)), (acc, chance_upper(len(y)))
+
+
+@pytest.mark.parametrize("model", ["logistic", "forest"])
+def test_intensity_histograms_alone_do_not_predict_label(features, model):
+    """32-bin histograms of each sequence's 3 middle slices, divided by their 99th
+    percentile, concatenated (96 features)."""
+    y = features["y"].astype(int)
+    clf = logistic() if model == "logistic" else forest()
+    acc = cv_accuracy(clf, features["hist"], y)
+    assert acc <= chance_upper(len(y)), (model, acc, chance_upper(len(y)))
+
+
+@pytest.mark.parametrize("model", ["logistic", "forest"])
+def test_histograms_outside_the_spine_do_not_predict_label(features, model):
+    """Diagnostic companion of the test above: the same histograms with the spine (bone,
+    canal, lesions, dilated 3 px) masked out. If the full histogram predicts the label but
+    this one does not, the signal is the tumour voxels themselves (image content), not an
+    acquisition or soft-tissue shortcut."""
+    y = features["y"].astype(int)
+    clf = logistic() if model == "logistic" else forest()
+    acc = cv_accuracy(clf, features["rest"], y)
+    assert acc <= chance_upper(len(y)), (model, acc, chance_upper(len(y)))
