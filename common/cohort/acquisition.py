@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import norm
 
 from .grid import Grid
 from .scanners import ScannerProfile, SequenceProtocol
@@ -81,7 +82,8 @@ def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
 
 
 def relative_signal(labels: np.ndarray, mix: np.ndarray, sequence: str, marrow_fat: float,
-                    texture: np.ndarray) -> np.ndarray:
+                    texture: np.ndarray, bowel_fluid: float = 0.03,
+                    fluid_signal: float = 0.25) -> np.ndarray:
     """Noise-free relative signal of the sequence (fat on T1 = 1)."""
     img = signal_lut(sequence, marrow_fat)[labels]
     blended = mix < 1.0
@@ -93,8 +95,8 @@ def relative_signal(labels: np.ndarray, mix: np.ndarray, sequence: str, marrow_f
         amp[int(tissue)] = a
     img *= 1.0 + amp[labels] * texture
     if sequence != "T1":   # fluid-filled bowel loops are bright on T2 and STIR
-        fluid = (labels == Tissue.VISCERA) & (texture > 1.8)
-        img[fluid] += 0.25
+        fluid = (labels == Tissue.VISCERA) & (texture > norm.isf(bowel_fluid))
+        img[fluid] += fluid_signal
     return np.clip(img, 0.0, None)
 
 
@@ -131,7 +133,8 @@ def series_grid(reference: Grid, matrix: int) -> Grid:
 
 def render_series(labels: np.ndarray, mix: np.ndarray, texture: np.ndarray, reference: Grid,
                   marrow_fat: float, profile: ScannerProfile, protocol: SequenceProtocol,
-                  coil_y: float, spine_z: float, rng: np.random.Generator) -> RenderedSeries:
+                  coil_y: float, spine_z: float, rng: np.random.Generator,
+                  bowel_fluid: float = 0.03, fluid_signal: float = 0.25) -> RenderedSeries:
     """Render one sagittal series of a patient as stored pixel values.
 
     ``texture`` (from :func:`texture_field`) is the patient's tissue structure: the same
@@ -144,7 +147,7 @@ def render_series(labels: np.ndarray, mix: np.ndarray, texture: np.ndarray, refe
         rows = nearest_indices(grid.shape[1], reference.shape[1])[:, None]
         cols = nearest_indices(grid.shape[2], reference.shape[2])[None, :]
         labels, mix, texture = (a[:, rows, cols] for a in (labels, mix, texture))
-    img = relative_signal(labels, mix, seq, marrow_fat, texture)
+    img = relative_signal(labels, mix, seq, marrow_fat, texture, bowel_fluid, fluid_signal)
     img = ndimage.gaussian_filter(img, (0.0, 0.6, 0.6), output=np.float32)
     bias = bias_field(grid, profile, coil_y, spine_z, rng)
     img *= bias

@@ -91,6 +91,8 @@ class SpineAnatomy:
     aorta_radius: float
     psoas_scale: float
     lateral_offset: float        # patient not exactly centred (mm)
+    bowel_fluid: float = 0.03    # fraction of the bowel holding fluid (T2/STIR bright)
+    fluid_signal: float = 0.25   # how bright that fluid is on T2/STIR (relative)
     centre_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     centre_y: np.ndarray = field(default_factory=lambda: np.zeros(0))
     centre_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -179,6 +181,9 @@ def sample_anatomy(rng: np.random.Generator, age: float) -> SpineAnatomy:
         aorta_radius=float(rng.normal(10.0, 1.2)),
         psoas_scale=float(rng.normal(1.0, 0.12)),
         lateral_offset=float(rng.normal(0.0, 2.0)),
+        # Bowel contents vary a lot between patients (fasting, prep, time of day).
+        bowel_fluid=float(np.exp(rng.uniform(np.log(0.005), np.log(0.25)))),
+        fluid_signal=float(rng.uniform(0.2, 1.0)),
     )
 
 

@@ -165,14 +165,18 @@ def _mimics(rng, anatomy: SpineAnatomy, difficulty: Difficulty) -> list[Finding]
     degenerated = [d for d in anatomy.discs if d.degeneration > 0.5 and d.lower in LEVELS[7:13]]
     for kind in ("modic1", "modic2"):
         if degenerated and rng.random() < p:
-            d = degenerated[int(rng.integers(len(degenerated)))]
-            depth = float(rng.uniform(3.0, 9.0))
-            for lvl, sign in ((d.upper, 1.0), (d.lower, -1.0)):
-                v = anatomy.vertebra(lvl)
-                out.append(Finding(kind, lvl, "endplate", sign * (v.height / 2 - depth / 2),
-                                   float(rng.uniform(-4, 4)), 0.0,
-                                   (depth / 2 + 0.5, v.depth * rng.uniform(0.3, 0.45),
-                                    v.width * 0.4), 1.0, int(rng.integers(2**31))))
+            # One or two degenerated discs, with end-plate changes from thin bands to half
+            # the body: extensive Modic 1 is as STIR-bright as a metastasis.
+            n = min(len(degenerated), 1 if rng.random() < 0.6 else 2)
+            for i in rng.choice(len(degenerated), size=n, replace=False):
+                d = degenerated[int(i)]
+                depth = float(rng.uniform(3.0, 14.0))
+                for lvl, sign in ((d.upper, 1.0), (d.lower, -1.0)):
+                    v = anatomy.vertebra(lvl)
+                    out.append(Finding(kind, lvl, "endplate", sign * (v.height / 2 - depth / 2),
+                                       float(rng.uniform(-4, 4)), 0.0,
+                                       (depth / 2 + 0.5, v.depth * rng.uniform(0.3, 0.45),
+                                        v.width * 0.4), 1.0, int(rng.integers(2**31))))
     if rng.random() < p:
         lvl = str(rng.choice(LESION_LEVELS[:-1]))
         v = anatomy.vertebra(lvl)
@@ -185,8 +189,8 @@ def _mimics(rng, anatomy: SpineAnatomy, difficulty: Difficulty) -> list[Finding]
         lvl = str(rng.choice(["T11", "T12", "L1", "L2", "L3"]))
         v = anatomy.vertebra(lvl)
         v.wedge = float(rng.uniform(0.15, 0.35))
-        acute = rng.random() < 0.4
-        depth = float(rng.uniform(4, 8)) if acute else 0.0
+        acute = rng.random() < 0.5
+        depth = float(rng.uniform(4, 14)) if acute else 0.0
         out.append(Finding("wedge_fracture", lvl, "endplate", -(v.height / 2 - depth / 2),
                            -v.depth * 0.15, 0.0, (depth / 2 + 0.5, v.depth * 0.4, v.width * 0.4),
                            1.0 if acute else 0.0, int(rng.integers(2**31))))

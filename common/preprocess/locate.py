@@ -35,18 +35,25 @@ def bounding_box(vol: Volume, spacing: tuple[float, float, float]) -> Box:
     return Box((float(x0), float(y0), float(z1)), shape, tuple(float(s) for s in spacing))
 
 
-def _best_path(score: np.ndarray) -> np.ndarray:
-    """Column per row maximising the summed score, moving at most one column per row."""
+def _best_path(score: np.ndarray, max_step: int = 2, step_cost: float = 0.05) -> np.ndarray:
+    """Column per row maximising the summed score, moving at most ``max_step`` columns per
+    row (the sacrum slopes at up to ~60 degrees), each column of sideways move costing
+    ``step_cost`` times the score's maximum (a smooth path wins over a jumpy one)."""
     rows, cols = score.shape
-    total = score[0].copy()
+    cost = step_cost * float(score.max() or 1.0)
+    shifts = np.arange(-max_step, max_step + 1)
+    total = score[0].astype(float).copy()
     back = np.zeros((rows, cols), np.int8)
     for r in range(1, rows):
-        left = np.concatenate(([-np.inf], total[:-1]))
-        right = np.concatenate((total[1:], [-np.inf]))
-        stack = np.stack([left, total, right])
+        stack = np.full((shifts.size, cols), -np.inf)
+        for i, d in enumerate(shifts):   # arrive at column c from column c + d
+            if d >= 0:
+                stack[i, : cols - d] = total[d:] - cost * abs(d)
+            else:
+                stack[i, -d:] = total[: cols + d] - cost * abs(d)
         choice = np.argmax(stack, axis=0)
         total = stack[choice, np.arange(cols)] + score[r]
-        back[r] = choice - 1
+        back[r] = shifts[choice]
     path = np.zeros(rows, int)
     path[-1] = int(np.argmax(total))
     for r in range(rows - 1, 0, -1):
@@ -59,6 +66,8 @@ class LocateSpine:
     coarse_mm: float = 2.0
     ridge_halfwidth_mm: float = 12.0
     along_spine_mm: float = 12.0
+    column_depth_mm: float = 40.0
+    refine_mm: float = 8.0
 
     def __call__(self, study: StudyImage) -> StudyImage:
         source = next((s for s in ("STIR", "T2", "T1") if s in study.volumes), None)
@@ -74,18 +83,49 @@ class LocateSpine:
         if source == "T1":
             ridge = -ridge
         ridge = ndimage.gaussian_filter1d(ridge, self.along_spine_mm / self.coarse_mm, axis=1)
+        # The canal runs just behind the vertebral column, whose bodies and discs repeat
+        # every 15-45 mm along the spine: band-pass the image along the rows, take the local
+        # energy, and weight each candidate column by that energy in front of it. Bright fat
+        # layers and the skull are long ridges too, but have nothing periodic in front.
+        px = self.coarse_mm
+        band = ndimage.gaussian_filter1d(img, 3.0 / px, axis=1) - \
+            ndimage.gaussian_filter1d(img, 10.0 / px, axis=1)
+        energy = ndimage.gaussian_filter1d(band * band, 20.0 / px, axis=1)
+        lo, hi = int(round(8.0 / px)), int(round(self.column_depth_mm / px))
+        front = ndimage.uniform_filter1d(energy, hi - lo + 1, axis=2, mode="constant")
+        # front[c] should average energy over columns c-hi .. c-lo (anterior of c).
+        front = np.roll(front, (hi + lo) // 2, axis=2)
+        front[:, :, : (hi + lo) // 2] = 0.0
+        front /= float(front.max()) + 1e-9
         # The body is where there is signal: a dark line in air is not a canal.
         body = ndimage.uniform_filter(img, (1, 9, 9)) > 0.05
-        ridge = np.where(body, ridge, 0.0)
+        raw = np.where(body, np.clip(ridge, 0, None), 0.0)
+        ridge = raw * front
         per_slice = np.clip(ridge, 0, None).max(axis=2).sum(axis=1)
         k = int(np.argmax(per_slice))
+        # The canal spans several slices: the midline is the score-weighted centre of the
+        # best slice and its neighbours (finer than one slice).
+        near = np.arange(max(k - 1, 0), min(k + 2, len(per_slice)))
+        mid_k = float((near * per_slice[near]).sum() / (per_slice[near].sum() + 1e-9))
         path = _best_path(np.clip(ridge[k], 0, None))
+        # Refine: the vertebral-column weighting found the right structure; the canal's own
+        # ridge places it within a few millimetres of that path.
+        reach = int(round(self.refine_mm / self.coarse_mm))
+        cols = raw.shape[2]
+        offsets = np.arange(-reach, reach + 1)
+        cand = np.clip(path[:, None] + offsets[None, :], 0, cols - 1)
+        local = raw[k][np.arange(len(path))[:, None], cand]
+        best = cand[np.arange(len(path)), np.argmax(local, axis=1)]
+        path = np.where(local.max(axis=1) > 0, best, path)
+        path = np.rint(ndimage.median_filter(path.astype(float), size=5, mode="nearest")
+                       ).astype(int)
         strength = ridge[k, np.arange(ridge.shape[1]), path]
         idx = np.column_stack([np.full(path.size, k), np.arange(path.size), path]).astype(float)
         pts = box.volume().index_to_patient(idx)
-        study.spine = SpineLocation(mid_x=float(pts[0, 0]), z=pts[:, 2], y=pts[:, 1],
+        mid_x = float(box.volume().index_to_patient(np.array([[mid_k, 0.0, 0.0]]))[0, 0])
+        study.spine = SpineLocation(mid_x=mid_x, z=pts[:, 2], y=pts[:, 1],
                                     strength=strength.astype(np.float32), source=source)
-        study.note("LocateSpine", source=source, mid_x_mm=float(pts[0, 0]),
+        study.note("LocateSpine", source=source, mid_x_mm=mid_x,
                    canal_rows=int((strength > 0.3 * strength.max()).sum()))
         return study
 
@@ -96,9 +136,9 @@ class CropToSpine:
     canal to ``posterior_mm`` behind it, ``half_width_mm`` either side of the mid-sagittal
     plane (the vertebral bodies, pedicles and facets), at ``spacing_mm`` in plane."""
 
-    height_mm: float = 256.0
-    anterior_mm: float = 64.0
-    posterior_mm: float = 38.4
+    height_mm: float = 288.0
+    anterior_mm: float = 56.0
+    posterior_mm: float = 40.0
     half_width_mm: float = 28.0
     spacing_mm: float = 1.6
     margin_mm: float = 4.0
@@ -106,8 +146,9 @@ class CropToSpine:
 
     def __call__(self, study: StudyImage) -> StudyImage:
         sp = study.spine
-        strong = sp.strength > 0.3 * max(float(sp.strength.max()), 1e-6)
-        z_centre = float(np.median(sp.z[strong])) if strong.any() else float(np.median(sp.z))
+        # Rows: centred on the field of view, which the technologist centres on the region
+        # the exam is for (a lumbar FOV of 280-320 mm holds the 256 mm the tensor shows).
+        z_centre = float((sp.z.max() + sp.z.min()) / 2.0)
         z_top, z_bottom = z_centre + self.height_mm / 2, z_centre - self.height_mm / 2
         inside = (sp.z <= z_top) & (sp.z >= z_bottom)
         ys = sp.y[inside] if inside.any() else sp.y

@@ -34,9 +34,9 @@ CHANNELS = ("T1 mid-sagittal", "T2 mid-sagittal", "STIR mid-sagittal", "STIR max
 class ProjectTo2D:
     mid_half_mm: float = 3.0
     width_half_mm: float = 25.0
-    anterior_mm: float = 64.0
-    posterior_mm: float = 38.4
-    rows: int = 160
+    anterior_mm: float = 56.0
+    posterior_mm: float = 40.0
+    rows: int = 180
     spacing_mm: float = 1.6
 
     @property

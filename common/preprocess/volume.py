@@ -102,5 +102,10 @@ def resample(vol: Volume, box: Box, order: int = 1, shift_mm: np.ndarray | None 
     step = src @ (target.axes * target.spacing[:, None]).T       # index step -> source index
     offset = src @ (target.origin - vol.origin - (0 if shift_mm is None else shift_mm))
     coords = [step[i, 0] * k + step[i, 1] * r + step[i, 2] * c + offset[i] for i in range(3)]
+    # A voxel covers half a step either side of its centre: points there take the edge value
+    # (this matters for thick slices and single-slice series).
+    for i, n in enumerate(vol.data.shape):
+        edge = (coords[i] >= -0.5) & (coords[i] <= n - 0.5)
+        coords[i] = np.where(edge, np.clip(coords[i], 0, n - 1), coords[i])
     return ndimage.map_coordinates(vol.data.astype(np.float32, copy=False), coords, order=order,
                                    mode="constant", cval=cval, prefilter=False)
