@@ -83,9 +83,12 @@ def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
 
 def relative_signal(labels: np.ndarray, mix: np.ndarray, sequence: str, marrow_fat: float,
                     texture: np.ndarray, bowel_fluid: float = 0.03,
-                    fluid_signal: float = 0.25) -> np.ndarray:
+                    fluid_signal: float = 0.25, disc_hydration: float = 1.0) -> np.ndarray:
     """Noise-free relative signal of the sequence (fat on T1 = 1)."""
-    img = signal_lut(sequence, marrow_fat)[labels]
+    lut = signal_lut(sequence, marrow_fat)
+    if sequence != "T1":
+        lut[int(Tissue.NUCLEUS)] *= disc_hydration
+    img = lut[labels]
     blended = mix < 1.0
     if blended.any():   # a lesion of lower conspicuity: part-way between marrow and tumour
         marrow = marrow_signal(marrow_fat)[("T1", "T2", "STIR").index(sequence)]
@@ -134,7 +137,8 @@ def series_grid(reference: Grid, matrix: int) -> Grid:
 def render_series(labels: np.ndarray, mix: np.ndarray, texture: np.ndarray, reference: Grid,
                   marrow_fat: float, profile: ScannerProfile, protocol: SequenceProtocol,
                   coil_y: float, spine_z: float, rng: np.random.Generator,
-                  bowel_fluid: float = 0.03, fluid_signal: float = 0.25) -> RenderedSeries:
+                  bowel_fluid: float = 0.03, fluid_signal: float = 0.25,
+                  disc_hydration: float = 1.0) -> RenderedSeries:
     """Render one sagittal series of a patient as stored pixel values.
 
     ``texture`` (from :func:`texture_field`) is the patient's tissue structure: the same
@@ -147,7 +151,8 @@ def render_series(labels: np.ndarray, mix: np.ndarray, texture: np.ndarray, refe
         rows = nearest_indices(grid.shape[1], reference.shape[1])[:, None]
         cols = nearest_indices(grid.shape[2], reference.shape[2])[None, :]
         labels, mix, texture = (a[:, rows, cols] for a in (labels, mix, texture))
-    img = relative_signal(labels, mix, seq, marrow_fat, texture, bowel_fluid, fluid_signal)
+    img = relative_signal(labels, mix, seq, marrow_fat, texture, bowel_fluid, fluid_signal,
+                          disc_hydration)
     img = ndimage.gaussian_filter(img, (0.0, 0.6, 0.6), output=np.float32)
     bias = bias_field(grid, profile, coil_y, spine_z, rng)
     img *= bias

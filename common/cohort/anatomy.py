@@ -93,6 +93,7 @@ class SpineAnatomy:
     lateral_offset: float        # patient not exactly centred (mm)
     bowel_fluid: float = 0.03    # fraction of the bowel holding fluid (T2/STIR bright)
     fluid_signal: float = 0.25   # how bright that fluid is on T2/STIR (relative)
+    disc_hydration: float = 1.0  # nucleus T2/STIR signal relative to a young healthy disc
     centre_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     centre_y: np.ndarray = field(default_factory=lambda: np.zeros(0))
     centre_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -184,6 +185,8 @@ def sample_anatomy(rng: np.random.Generator, age: float) -> SpineAnatomy:
         # Bowel contents vary a lot between patients (fasting, prep, time of day).
         bowel_fluid=float(np.exp(rng.uniform(np.log(0.005), np.log(0.25)))),
         fluid_signal=float(rng.uniform(0.2, 1.0)),
+        # Nucleus water content varies from patient to patient beyond age alone.
+        disc_hydration=float(rng.uniform(0.55, 1.2)),
     )
 
 

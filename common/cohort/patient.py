@@ -121,7 +121,7 @@ def synthesise_patient(spec: CohortSpec, plan: PatientPlan, out: Path) -> Patien
         protocol = profile.protocol(seq)
         rendered = render_series(tissue.labels, painted.mix, texture, grid, anatomy.marrow_fat, profile,
                                  protocol, coil_y, spine_z, rng, anatomy.bowel_fluid,
-                                 anatomy.fluid_signal)
+                                 anatomy.fluid_signal, anatomy.disc_hydration)
         uid, nbytes = write_series(partial / SERIES_FOLDERS[seq], rendered.stored, rendered.grid,
                                    study, profile, protocol, number, spec.seed)
         total += nbytes
