@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
+from ..parallel import one_thread_per_worker
 from .dicom_writer import derived_uid
 from .patient import PatientRecord, is_complete, synthesise_patient
 from .scanners import profile_for_site, site_name
@@ -129,7 +130,7 @@ def write_cohort(spec: CohortSpec, out: Path, workers: int | None = None,
     done = summary.skipped
     if progress:
         progress(done, len(plans))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=one_thread_per_worker) as pool:
         futures = {pool.submit(_worker, (spec, p, str(out))): p for p in todo}
         for fut in as_completed(futures):
             plan = futures[fut]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..parallel import one_thread_per_worker
 from ..dicom.scan import Series, Study, group, walk_files
 from ..dicom.header import Rejected, read_header
 from .cache import FileMemo, TensorCache, file_sha256
@@ -75,7 +76,7 @@ def scan_with_memo(data: Path, memo: FileMemo, workers: int,
             headers.append(hit[0])
             shas[str(f)] = hit[1]
     if todo:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=one_thread_per_worker) as pool:
             for i, (path, header, sha) in enumerate(
                     pool.map(_header_and_hash, [str(f) for f in todo], chunksize=32)):
                 memo.put(Path(path), Path(path).stat(), header, sha)
@@ -150,7 +151,7 @@ def preprocess(data: Path, cache_dir: Path, labels: list[dict] | None = None,
         progress("preprocessing", done, len(entries))
     failed = set()
     if todo:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=one_thread_per_worker) as pool:
             futures = [pool.submit(_worker, t) for t in todo]
             for fut in as_completed(futures):
                 uid, err = fut.result()
