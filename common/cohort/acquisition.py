@@ -81,26 +81,48 @@ def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
                    ).astype(int)
 
 
-def relative_signal(labels: np.ndarray, mix: np.ndarray, sequence: str, marrow_fat: float,
-                    texture: np.ndarray, bowel_fluid: float = 0.03,
+@dataclass
+class TissueModel:
+    """What the three series of a patient share: tissue labels, lesion conspicuity, and the
+    tissue structure (texture modulation, fluid-filled bowel) computed once."""
+
+    labels: np.ndarray
+    mix: np.ndarray
+    modulation: np.ndarray      # 1 + texture amplitude of the tissue x texture field
+    fluid: np.ndarray           # bool: fluid-filled bowel (T2/STIR bright)
+
+    @classmethod
+    def build(cls, labels: np.ndarray, mix: np.ndarray, texture: np.ndarray,
+              bowel_fluid: float) -> "TissueModel":
+        amp = np.zeros(256, np.float32)
+        for tissue, a in _TEXTURE.items():
+            amp[int(tissue)] = a
+        modulation = amp[labels]
+        modulation *= texture
+        modulation += 1.0
+        fluid = (labels == Tissue.VISCERA) & (texture > norm.isf(bowel_fluid))
+        return cls(labels, mix, modulation, fluid)
+
+    def sampled(self, rows: np.ndarray, cols: np.ndarray) -> "TissueModel":
+        return TissueModel(*(a[:, rows, cols] for a in (self.labels, self.mix,
+                                                        self.modulation, self.fluid)))
+
+
+def relative_signal(model: TissueModel, sequence: str, marrow_fat: float,
                     fluid_signal: float = 0.25, disc_hydration: float = 1.0) -> np.ndarray:
     """Noise-free relative signal of the sequence (fat on T1 = 1)."""
     lut = signal_lut(sequence, marrow_fat)
     if sequence != "T1":
         lut[int(Tissue.NUCLEUS)] *= disc_hydration
-    img = lut[labels]
-    blended = mix < 1.0
+    img = lut[model.labels]
+    blended = model.mix < 1.0
     if blended.any():   # a lesion of lower conspicuity: part-way between marrow and tumour
         marrow = marrow_signal(marrow_fat)[("T1", "T2", "STIR").index(sequence)]
-        img[blended] = marrow + mix[blended] * (img[blended] - marrow)
-    amp = np.zeros(256, np.float32)
-    for tissue, a in _TEXTURE.items():
-        amp[int(tissue)] = a
-    img *= 1.0 + amp[labels] * texture
+        img[blended] = marrow + model.mix[blended] * (img[blended] - marrow)
+    img *= model.modulation
     if sequence != "T1":   # fluid-filled bowel loops are bright on T2 and STIR
-        fluid = (labels == Tissue.VISCERA) & (texture > norm.isf(bowel_fluid))
-        img[fluid] += fluid_signal
-    return np.clip(img, 0.0, None)
+        img[model.fluid] += fluid_signal
+    return np.clip(img, 0.0, None, out=img)
 
 
 def bias_field(grid: Grid, profile: ScannerProfile, coil_y: float, spine_z: float,
@@ -134,25 +156,18 @@ def series_grid(reference: Grid, matrix: int) -> Grid:
                  centre_z + (matrix - 1) / 2 * px))
 
 
-def render_series(labels: np.ndarray, mix: np.ndarray, texture: np.ndarray, reference: Grid,
-                  marrow_fat: float, profile: ScannerProfile, protocol: SequenceProtocol,
-                  coil_y: float, spine_z: float, rng: np.random.Generator,
-                  bowel_fluid: float = 0.03, fluid_signal: float = 0.25,
+def render_series(model: TissueModel, reference: Grid, marrow_fat: float,
+                  profile: ScannerProfile, protocol: SequenceProtocol, coil_y: float,
+                  spine_z: float, rng: np.random.Generator, fluid_signal: float = 0.25,
                   disc_hydration: float = 1.0) -> RenderedSeries:
-    """Render one sagittal series of a patient as stored pixel values.
-
-    ``texture`` (from :func:`texture_field`) is the patient's tissue structure: the same
-    field for all sequences, as the marrow's heterogeneity is anatomy, not noise.
-    """
+    """Render one sagittal series of a patient as stored pixel values."""
     seq = protocol.sequence
     grid = series_grid(reference, protocol.matrix)
     if grid is not reference:
         # A coarser acquisition of the same anatomy: sample the tissue model on its grid.
-        rows = nearest_indices(grid.shape[1], reference.shape[1])[:, None]
-        cols = nearest_indices(grid.shape[2], reference.shape[2])[None, :]
-        labels, mix, texture = (a[:, rows, cols] for a in (labels, mix, texture))
-    img = relative_signal(labels, mix, seq, marrow_fat, texture, bowel_fluid, fluid_signal,
-                          disc_hydration)
+        model = model.sampled(nearest_indices(grid.shape[1], reference.shape[1])[:, None],
+                              nearest_indices(grid.shape[2], reference.shape[2])[None, :])
+    img = relative_signal(model, seq, marrow_fat, fluid_signal, disc_hydration)
     img = ndimage.gaussian_filter(img, (0.0, 0.6, 0.6), output=np.float32)
     bias = bias_field(grid, profile, coil_y, spine_z, rng)
     img *= bias
@@ -168,10 +183,15 @@ def render_series(labels: np.ndarray, mix: np.ndarray, texture: np.ndarray, refe
     scale = np.float32(gain / profile.rescale_slope)
     noise = np.float32(sigma / profile.rescale_slope)
     img *= scale
+    # Where the signal is well above the noise (> 5 sigma), the magnitude of signal plus
+    # complex noise equals signal + real noise to within 0.1 sigma (the imaginary part adds
+    # n_i^2 / 2S): draw the imaginary part only where it matters (air, cortex, dark tissue).
+    low = img < 5.0 * noise
     img += rng.standard_normal(img.shape, np.float32) * noise
-    imag = rng.standard_normal(img.shape, np.float32)
-    imag *= noise
-    magnitude = np.hypot(img, imag, out=img)
+    imag = rng.standard_normal(int(low.sum()), np.float32) * noise
+    magnitude = img
+    magnitude[low] = np.hypot(img[low], imag)
+    np.abs(magnitude, out=magnitude)
     top = 2 ** profile.bits_stored - 1
     np.rint(magnitude, out=magnitude)
     stored = np.clip(magnitude, 0, top, out=magnitude).astype(np.uint16)

@@ -15,7 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.dataelem import DataElement
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.pixels import get_encoder
 from pydicom.tag import Tag
 from pydicom.uid import MRImageStorage, RLELossless, UID
@@ -134,10 +135,15 @@ _PER_SLICE = (Tag(0x0008, 0x0018), Tag(0x0020, 0x0013), Tag(0x0020, 0x0032),
               Tag(0x0020, 0x1041), Tag(0x7FE0, 0x0010))
 
 
-def _encode(ds: Dataset) -> bytes:
-    """Explicit VR little endian encoding of a dataset's elements (no preamble, no meta)."""
+def _little_explicit() -> DicomBytesIO:
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
+    return fp
+
+
+def _encode(ds: Dataset) -> bytes:
+    """Explicit VR little endian encoding of a dataset's elements (no preamble, no meta)."""
+    fp = _little_explicit()
     write_dataset(fp, ds)
     return fp.getvalue()
 
@@ -182,24 +188,24 @@ def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
                                bits_stored=profile.bits_stored, pixel_representation=0,
                                photometric_interpretation="MONOCHROME2", number_of_frames=1,
                                **kw)
-        own = Dataset()
-        own.SOPInstanceUID = sop_uid
-        own.InstanceNumber = k + 1
-        own.ImagePositionPatient = [f"{c:.4f}" for c in ipp]
-        own.SliceLocation = f"{float(np.dot(normal, ipp)):.4f}"
-        own.PixelData = encapsulate([frame])
-        own["PixelData"].VR = "OB"
-        own["PixelData"].is_undefined_length = True
-        pieces = [_encode(Dataset({e.tag: e})) for e in own]
-        body = b"".join(x for pair in zip(shared, pieces + [b""]) for x in pair)
+        own = (DataElement(0x00080018, "UI", sop_uid),
+               DataElement(0x00200013, "IS", str(k + 1)),
+               DataElement(0x00200032, "DS", [f"{c:.4f}" for c in ipp]),
+               DataElement(0x00201041, "DS", f"{float(np.dot(normal, ipp)):.4f}"),
+               DataElement(0x7FE00010, "OB", encapsulate([frame]), is_undefined_length=True))
+        fp = _little_explicit()
+        fp.write(b"\x00" * 128 + b"DICM")
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = profile.transfer_syntax
-        head = DicomBytesIO()
-        head.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(head, meta, enforce_standard=True)
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        for segment, elem in zip(shared, own):   # shared runs and per-slice elements, in tag order
+            fp.write(segment)
+            write_data_element(fp, elem)
+        fp.write(shared[-1])
+        body = fp.getvalue()
         path = folder / f"{k + 1:04d}.dcm"
-        path.write_bytes(head.getvalue() + body)
+        path.write_bytes(body)
         total += path.stat().st_size
     return str(series_uid), total

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .acquisition import render_series, texture_field
+from .acquisition import TissueModel, render_series, texture_field
 from .anatomy import build_centre_line, rasterize, sample_anatomy, spine_maps
 from .dicom_writer import StudyInfo, derived_uid, write_series
 from .findings import Difficulty, paint_findings, plan_findings
@@ -116,12 +116,12 @@ def synthesise_patient(spec: CohortSpec, plan: PatientPlan, out: Path) -> Patien
     coil_y = float(grid.y_of_columns()[body_cols[-1]] + 5.0) if body_cols.size else 0.0
     spine_z = anatomy.point(anatomy.vertebra("L3").s)[1]
     texture = texture_field(tissue.labels.shape, rng)
+    model = TissueModel.build(tissue.labels, painted.mix, texture, anatomy.bowel_fluid)
     series, total = {}, 0
     for number, seq in enumerate(SEQUENCES, start=1):
         protocol = profile.protocol(seq)
-        rendered = render_series(tissue.labels, painted.mix, texture, grid, anatomy.marrow_fat, profile,
-                                 protocol, coil_y, spine_z, rng, anatomy.bowel_fluid,
-                                 anatomy.fluid_signal, anatomy.disc_hydration)
+        rendered = render_series(model, grid, anatomy.marrow_fat, profile, protocol, coil_y,
+                                 spine_z, rng, anatomy.fluid_signal, anatomy.disc_hydration)
         uid, nbytes = write_series(partial / SERIES_FOLDERS[seq], rendered.stored, rendered.grid,
                                    study, profile, protocol, number, spec.seed)
         total += nbytes
