@@ -168,8 +168,9 @@ def test_ground_truth_lesions_project_into_the_2d_image(processed):
             r = (box.origin[2] - pts[:, 2]) / box.spacing[1]
             order = np.argsort(img.spine.z)
             canal_y = np.interp(pts[:, 2], img.spine.z[order], img.spine.y[order])
-            c = (pts[:, 1] - canal_y + project.anterior_mm) / project.spacing_mm
-            inside = (r >= 0) & (r < project.rows) & (c >= 0) & (c < project.cols) & \
+            grid = img.reformat
+            c = (pts[:, 1] - canal_y + grid.anterior_mm) / grid.spacing_mm
+            inside = (r >= 0) & (r < grid.rows) & (c >= 0) & (c < grid.cols) & \
                 (np.abs(pts[:, 0] - img.spine.mid_x) <= project.width_half_mm)
             if inside.mean() >= 0.5:
                 projected += 1

@@ -87,6 +87,7 @@ class FileHeader:
     patient_position: str = ""
     spacing_between_slices: float | None = None
     slice_thickness: float | None = None
+    frame_of_reference: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -370,4 +371,5 @@ def _read_header(path: Path) -> FileHeader | Rejected:
         manufacturer=_str(ds.get("Manufacturer")),
         field_strength=_float(ds.get("MagneticFieldStrength")),
         patient_position=_str(ds.get("PatientPosition")).upper(),
-        spacing_between_slices=sbs, slice_thickness=thick)
+        spacing_between_slices=sbs, slice_thickness=thick,
+        frame_of_reference=_str(ds.get("FrameOfReferenceUID")))

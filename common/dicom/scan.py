@@ -62,6 +62,7 @@ class Series:
     repetition_time: float | None = None
     echo_time: float | None = None
     inversion_time: float | None = None
+    frame_of_reference: str = ""
 
     @property
     def n_slices(self) -> int:
@@ -293,7 +294,7 @@ def _build_series(headers: list[FileHeader]) -> tuple[Series | None, list[Reject
         origin=tuple(float(x) for x in slices[kept[0]][1].position),
         direction=direction, multiframe=any(h.multiframe for h in headers),
         repetition_time=tags.repetition_time, echo_time=tags.echo_time,
-        inversion_time=tags.inversion_time)
+        inversion_time=tags.inversion_time, frame_of_reference=h0.frame_of_reference)
     return s, rejected
 
 

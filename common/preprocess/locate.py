@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .pipeline import SpineLocation, StudyImage
-from .volume import CANONICAL_AXES, Box, Volume, resample
+from .pipeline import Reformat, SpineLocation, StudyImage
+from .volume import Box, Volume, resample
 
 
 class SpineNotFound(ValueError):
@@ -144,6 +144,15 @@ class CropToSpine:
     margin_mm: float = 4.0
     slab_half_mm: dict | None = None   # per sequence; default: T1/T2 mid slab, STIR full width
 
+    @property
+    def rows(self) -> int:
+        return int(round(self.height_mm / self.spacing_mm))
+
+    @property
+    def cols(self) -> int:
+        """Columns of the straightened image, from anterior_mm to posterior_mm."""
+        return int(round((self.anterior_mm + self.posterior_mm) / self.spacing_mm))
+
     def __call__(self, study: StudyImage) -> StudyImage:
         sp = study.spine
         # Rows: centred on the field of view, which the technologist centres on the region
@@ -158,9 +167,9 @@ class CropToSpine:
         slice_mm = float(min(ref.spacing[0], 5.5))
         n_slices = int(np.ceil(2 * self.half_width_mm / slice_mm)) + 1
         x0 = sp.mid_x - (n_slices - 1) / 2 * slice_mm
-        rows = int(round(self.height_mm / self.spacing_mm))
         cols = int(np.ceil((y1 - y0) / self.spacing_mm)) + 1
-        study.box = Box((float(x0), y0, z_top - self.spacing_mm / 2), (n_slices, rows, cols),
+        study.reformat = Reformat(self.anterior_mm, self.spacing_mm, self.rows, self.cols)
+        study.box = Box((float(x0), y0, z_top - self.spacing_mm / 2), (n_slices, self.rows, cols),
                         (slice_mm, self.spacing_mm, self.spacing_mm))
         # Only the slices the 2-D mapping uses go on: T1 and T2 feed the mid-sagittal channels,
         # STIR also the projection over the vertebral width.
@@ -173,5 +182,3 @@ class CropToSpine:
                    y_range=[y0, y1], mid_x=sp.mid_x)
         return study
 
-
-__all__ = ["LocateSpine", "CropToSpine", "SpineNotFound", "bounding_box", "CANONICAL_AXES"]

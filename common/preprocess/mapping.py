@@ -15,7 +15,8 @@ four channels:
 
 Each row is resampled so that the canal centre line sits at a fixed column (a curved planar
 reformation in the sagittal plane): the lordosis no longer moves the vertebrae sideways, and
-every tensor has the same shape (``output_shape``). A missing sequence gives a zero channel.
+every tensor has the shape ``CropToSpine`` sets (``Pipeline.output_shape``). A missing
+sequence gives a zero channel.
 """
 
 from __future__ import annotations
@@ -32,30 +33,20 @@ CHANNELS = ("T1 mid-sagittal", "T2 mid-sagittal", "STIR mid-sagittal", "STIR max
 
 @dataclass
 class ProjectTo2D:
+    """Straightened slab projections on the grid ``CropToSpine`` chose (``study.reformat``)."""
+
     mid_half_mm: float = 3.0
     width_half_mm: float = 25.0
-    anterior_mm: float = 56.0
-    posterior_mm: float = 40.0
-    rows: int = 180
-    spacing_mm: float = 1.6
-
-    @property
-    def cols(self) -> int:
-        return int(round((self.anterior_mm + self.posterior_mm) / self.spacing_mm))
-
-    @property
-    def output_shape(self) -> tuple[int, int, int]:
-        return (len(CHANNELS), self.rows, self.cols)
 
     def straight_coordinates(self, study: StudyImage) -> tuple[np.ndarray, np.ndarray]:
         """(row, column) indices into the box for every output pixel."""
-        box = study.box
-        z = box.origin[2] - np.arange(self.rows) * box.spacing[1] * (box.shape[1] / self.rows)
+        box, grid = study.box, study.reformat
+        z = box.origin[2] - np.arange(grid.rows) * box.spacing[1]
         order = np.argsort(study.spine.z)
         canal_y = np.interp(z, study.spine.z[order], study.spine.y[order])
         # A smooth centre line: the path is found on a coarse grid, smooth out its steps.
         canal_y = ndimage.gaussian_filter1d(canal_y, 3.0, mode="nearest")
-        y = canal_y[:, None] - self.anterior_mm + np.arange(self.cols)[None, :] * self.spacing_mm
+        y = canal_y[:, None] - grid.anterior_mm + np.arange(grid.cols)[None, :] * grid.spacing_mm
         rows = (box.origin[2] - z) / box.spacing[1]
         cols = (y - box.origin[1]) / box.spacing[2]
         return np.broadcast_to(rows[:, None], cols.shape), cols
@@ -78,7 +69,7 @@ class ProjectTo2D:
             return np.stack([ndimage.map_coordinates(vol[k], [rr, cc], order=1, mode="nearest")
                              for k in self.slab(study, seq, half_mm)])
 
-        out = np.zeros(self.output_shape, np.float32)
+        out = np.zeros((len(CHANNELS), study.reformat.rows, study.reformat.cols), np.float32)
         missing = []
         for ch, seq in enumerate(("T1", "T2", "STIR")):
             s = straighten(seq, self.mid_half_mm)

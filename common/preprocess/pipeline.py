@@ -47,6 +47,17 @@ class SpineLocation:
     source: str
 
 
+@dataclass(frozen=True)
+class Reformat:
+    """The straightened 2-D grid the crop defines: ``rows`` along the spine and ``cols`` from
+    ``anterior_mm`` in front of the canal, at ``spacing_mm``."""
+
+    anterior_mm: float
+    spacing_mm: float
+    rows: int
+    cols: int
+
+
 @dataclass
 class StudyImage:
     """A study as it moves through the pipeline."""
@@ -56,6 +67,7 @@ class StudyImage:
     frames: dict[str, str] = field(default_factory=dict)   # FrameOfReferenceUID per sequence
     spine: SpineLocation | None = None
     box: Box | None = None
+    reformat: Reformat | None = None
     slabs: dict[str, np.ndarray] = field(default_factory=dict)  # slice indices of box, per seq
     crop: dict[str, np.ndarray] = field(default_factory=dict)
     image: np.ndarray | None = None
@@ -117,7 +129,12 @@ class Pipeline:
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
-        return self.steps[-1].output_shape
+        """(channels, rows, cols): the crop decides the grid, the mapping the channels."""
+        from .locate import CropToSpine
+        from .mapping import CHANNELS
+
+        crop = next(s for s in self.steps if isinstance(s, CropToSpine))
+        return (len(CHANNELS), crop.rows, crop.cols)
 
 
 def _jsonable(v):

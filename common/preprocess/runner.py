@@ -35,17 +35,13 @@ class PreprocessSummary:
 
 def study_image(study: Study) -> StudyImage:
     """Load a study's sagittal T1, T2 and STIR series as canonical volumes."""
-    import pydicom
-
     volumes, frames = {}, {}
     for seq in SEQUENCES:
         series = study.series_for(seq)
         if series is None:
             continue
         volumes[seq] = to_canonical(from_affine(series.load(), series.affine))
-        ds = pydicom.dcmread(series.files[0], stop_before_pixels=True,
-                             specific_tags=["FrameOfReferenceUID"])
-        frames[seq] = str(ds.get("FrameOfReferenceUID", ""))
+        frames[seq] = series.frame_of_reference
     return StudyImage(study.study_uid, volumes, frames)
 
 
