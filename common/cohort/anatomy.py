@@ -250,12 +250,26 @@ def spine_maps(anatomy: SpineAnatomy, grid: Grid, coarse: int = 4) -> SpineMaps:
     s = (anatomy.centre_s[idx] + dy * ty[idx] + dz * tz[idx]).reshape(yy.shape)
     # Normal pointing posteriorly: the tangent (ty, tz) rotated by -90 degrees, (-tz, ty).
     v = (dy * (-tz[idx]) + dz * ty[idx]).reshape(yy.shape)
-    rows = np.minimum(np.arange(z.size) / coarse, yy.shape[0] - 1)
-    cols = np.minimum(np.arange(y.size) / coarse, yy.shape[1] - 1)
-    rows[-1], cols[-1] = yy.shape[0] - 1, yy.shape[1] - 1
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    fine = [ndimage.map_coordinates(a, [rr, cc], order=1).astype(np.float32) for a in (s, v)]
+    # Bilinear interpolation back to every pixel as two small matrix products.
+    rows = _linear_weights(z.size, yy.shape[0], coarse)
+    cols = _linear_weights(y.size, yy.shape[1], coarse)
+    fine = [(rows @ a.astype(np.float32) @ cols.T) for a in (s, v)]
     return SpineMaps(fine[0], fine[1], y, z)
+
+
+def _linear_weights(n: int, n_coarse: int, step: int) -> np.ndarray:
+    """(n, n_coarse) weights interpolating samples taken at pixels 0, step, 2 step, ...
+    and at the last pixel (n - 1) linearly onto every pixel."""
+    knots = np.append(np.arange(0, n, step)[: n_coarse - 1], n - 1).astype(float)
+    pos = np.arange(n, dtype=float)
+    hi = np.clip(np.searchsorted(knots, pos, side="right"), 1, n_coarse - 1)
+    lo = hi - 1
+    gap = knots[hi] - knots[lo]          # 0 where the last pixel is itself a sample
+    w = np.clip(np.divide(pos - knots[lo], gap, out=np.zeros(n), where=gap > 0), 0.0, 1.0)
+    m = np.zeros((n, n_coarse), np.float32)
+    m[np.arange(n), lo] = 1.0 - w
+    m[np.arange(n), hi] += w
+    return m
 
 
 @dataclass

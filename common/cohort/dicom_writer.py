@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -151,14 +152,48 @@ def _encode(ds: Dataset) -> bytes:
 def _segments(template: Dataset) -> list[bytes]:
     """The template's elements encoded in the runs between the per-slice tags."""
     bounds = (Tag(0),) + _PER_SLICE + (Tag(0xFFFF, 0xFFFF),)
-    out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        part = Dataset()
-        for elem in template:
-            if lo < elem.tag < hi:
-                part.add(elem)
-        out.append(_encode(part))
-    return out
+    fp = _little_explicit()
+    runs = []
+    elems = iter(sorted(template.values(), key=lambda e: e.tag))
+    pending = next(elems, None)
+    for hi in bounds[1:]:
+        start = fp.tell()
+        while pending is not None and pending.tag < hi:
+            write_data_element(fp, pending)
+            pending = next(elems, None)
+        runs.append(fp.getvalue()[start:])
+    return runs
+
+
+class _FileMeta:
+    """The Part-10 file meta group of a series' files, encoded once by pydicom.
+
+    Only the SOP Instance UID (and so the group length) differs between the files of a
+    series: pydicom's ``write_file_meta_info`` encodes the group for the first file (adding
+    its implementation UID and version), and the other files reuse its encoded elements.
+    """
+
+    def __init__(self, transfer_syntax: UID, first_sop_uid: str):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = first_sop_uid
+        meta.TransferSyntaxUID = transfer_syntax
+        fp = _little_explicit()
+        write_file_meta_info(fp, meta, enforce_standard=True)   # fills in the defaults
+        self.first = fp.getvalue()
+        self.head = b"".join(self._one(e) for e in meta if 0x00020000 < e.tag < 0x00020003)
+        self.tail = b"".join(self._one(e) for e in meta if e.tag > 0x00020003)
+
+    @staticmethod
+    def _one(elem: DataElement) -> bytes:
+        fp = _little_explicit()
+        write_data_element(fp, elem)
+        return fp.getvalue()
+
+    def encoded(self, sop_uid: str) -> bytes:
+        own = self._one(DataElement(0x00020003, "UI", sop_uid))
+        length = len(self.head) + len(own) + len(self.tail)
+        return self._one(DataElement(0x00020000, "UL", length)) + self.head + own + self.tail
 
 
 def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
@@ -179,27 +214,33 @@ def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
     encoder = get_encoder(profile.transfer_syntax)
     kw = {"encoding_plugin": "pylibjpeg"} if profile.transfer_syntax == RLELossless else {}
     normal = np.cross(grid.image_orientation[:3], grid.image_orientation[3:])
+    sop_uids = [derived_uid(cohort_seed, study.patient_id, "sop", series_number, k)
+                for k in range(grid.shape[0])]
+    file_meta = _FileMeta(profile.transfer_syntax, sop_uids[0])
     total = 0
-    for k in range(grid.shape[0]):
-        sop_uid = derived_uid(cohort_seed, study.patient_id, "sop", series_number, k)
+    for k, sop_uid in enumerate(sop_uids):
+        check = config.settings.writing_validation_mode if k == 0 else config.IGNORE
         ipp = grid.image_position(k)
-        frame = encoder.encode(np.ascontiguousarray(stored[k]), rows=grid.shape[1],
+        # pydicom validates the frame against the encoding options; the slices of a series
+        # share shape, dtype and value range (clipped to BitsStored), so once is enough.
+        frame = encoder.encode(np.ascontiguousarray(stored[k]), validate=k == 0,
+                               rows=grid.shape[1],
                                columns=grid.shape[2], samples_per_pixel=1, bits_allocated=16,
                                bits_stored=profile.bits_stored, pixel_representation=0,
                                photometric_interpretation="MONOCHROME2", number_of_frames=1,
                                **kw)
-        own = (DataElement(0x00080018, "UI", sop_uid),
-               DataElement(0x00200013, "IS", str(k + 1)),
-               DataElement(0x00200032, "DS", [f"{c:.4f}" for c in ipp]),
-               DataElement(0x00201041, "DS", f"{float(np.dot(normal, ipp)):.4f}"),
-               DataElement(0x7FE00010, "OB", encapsulate([frame]), is_undefined_length=True))
+        # Values built here in their VR's format; pydicom validated them on the template
+        # and first slice, so the other slices skip its per-value checks.
+        own = (DataElement(0x00080018, "UI", sop_uid, validation_mode=check),
+               DataElement(0x00200013, "IS", str(k + 1), validation_mode=check),
+               DataElement(0x00200032, "DS", [f"{c:.4f}" for c in ipp], validation_mode=check),
+               DataElement(0x00201041, "DS", f"{float(np.dot(normal, ipp)):.4f}",
+                           validation_mode=check),
+               DataElement(0x7FE00010, "OB", encapsulate([frame]), is_undefined_length=True,
+                           validation_mode=check))
         fp = _little_explicit()
         fp.write(b"\x00" * 128 + b"DICM")
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = profile.transfer_syntax
-        write_file_meta_info(fp, meta, enforce_standard=True)
+        fp.write(file_meta.encoded(sop_uid))
         for segment, elem in zip(shared, own):   # shared runs and per-slice elements, in tag order
             fp.write(segment)
             write_data_element(fp, elem)
