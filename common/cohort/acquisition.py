@@ -226,10 +226,10 @@ def render_series(model: TissueModel, reference: Grid, marrow_fat: float,
     img += gaussian(img.shape)
     magnitude = img
     magnitude[low] = np.hypot(img[low], gaussian((int(low.sum()),)))
-    np.abs(magnitude, out=magnitude)
-    # Quantise: round to the nearest stored value (magnitudes are >= 0, so adding 0.5 and
-    # truncating is rounding), clipped to BitsStored.
+    # Quantise: round to the nearest stored value (adding 0.5 and truncating), clipped to
+    # BitsStored. Above 5 sigma the magnitude is signal + real noise, negative with
+    # probability 3e-7: such a voxel is stored as 0 rather than as its absolute value.
     magnitude += 0.5
     top = 2 ** profile.bits_stored - 1
-    stored = np.minimum(magnitude, top, out=magnitude).astype(np.uint16)
+    stored = np.clip(magnitude, 0.0, top, out=magnitude).astype(np.uint16)
     return RenderedSeries(stored, grid, bias, ghost, float(sigma), float(gain))

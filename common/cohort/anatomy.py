@@ -480,15 +480,27 @@ def _paint_vertebra(labels, vertebra_map, anatomy: SpineAnatomy, maps: SpineMaps
                     v: Vertebra) -> None:
     level = anatomy.level_index(v.name)
     h = v.body_height
-    reach = v.depth / 2 + v.canal_ap + v.spinous_length + 12.0
-    b = _Block(maps, anatomy, xs, (v.s - h / 2 - 14.0, v.s + h / 2 + 14.0),
-               (-v.depth / 2 - 3.0, reach))
-    if b.empty:
+    half_d = v.depth / 2.0
+    # The body and the posterior elements are painted on two blocks of their own extent
+    # (each shape is evaluated only where it can lie).
+    b = _Block(maps, anatomy, xs, (v.s - h / 2 - 3.0, v.s + h / 2 + 3.0),
+               (-half_d - 3.0, half_d + v.bulge + 3.0))
+    if not b.empty:
+        _paint_body(labels, vertebra_map, b, v, level)
+    if v.name in ("S3", "S4"):
         return
+    reach = half_d + v.canal_ap + v.spinous_length + 12.0
+    b = _Block(maps, anatomy, xs, (v.s - h / 2 - 14.0, v.s + h / 2 + 14.0),
+               (half_d - 4.0, reach))
+    if not b.empty:
+        _paint_posterior(labels, vertebra_map, b, v, level)
+
+
+def _paint_body(labels, vertebra_map, b: _Block, v: Vertebra, level: int) -> None:
+    """A rounded box; a wedge lowers the superior end plate anteriorly; a bulge pushes the
+    posterior wall into the canal."""
+    h = v.body_height
     u = b.s - v.s
-    ax = np.abs(b.x)
-    # Body: a rounded box; a wedge lowers the superior end plate anteriorly; a bulge pushes
-    # the posterior wall into the canal.
     half_d = v.depth / 2.0
     top_drop = v.wedge * h * np.clip(0.5 - b.v / v.depth, 0.0, 1.0)
     half_h = h / 2.0 - top_drop / 2.0
@@ -497,8 +509,15 @@ def _paint_vertebra(labels, vertebra_map, anatomy: SpineAnatomy, maps: SpineMaps
     q_body = _shape((u - top_drop / 2.0) / half_h, p=6) + \
         _nest(_shape(vv, b.x / (v.width / 2.0), p=2), 2, 6)
     _paint_bone(labels, vertebra_map, b, q_body, 6, 1.0 / min(h / 2.0, half_d), level)
-    if v.name in ("S3", "S4"):
-        return
+
+
+def _paint_posterior(labels, vertebra_map, b: _Block, v: Vertebra, level: int) -> None:
+    """Foramina and roots, the interspinous ligament, pedicles, laminae, articular pillars
+    and the spinous process."""
+    h = v.body_height
+    u = b.s - v.s
+    ax = np.abs(b.x)
+    half_d = v.depth / 2.0
     sacral = v.region == "S"
     lab = labels[b.sl]
     disc_h = 9.0 if v.region == "L" else 5.5

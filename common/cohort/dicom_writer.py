@@ -248,5 +248,5 @@ def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
         body = fp.getvalue()
         path = folder / f"{k + 1:04d}.dcm"
         path.write_bytes(body)
-        total += path.stat().st_size
+        total += len(body)
     return str(series_uid), total
