@@ -272,4 +272,14 @@ def paint_findings(labels: np.ndarray, vertebra_map: np.ndarray, canal: np.ndarr
         if f.kind == "wedge_fracture":
             entry["acute"] = True
         tables[table].append(entry)
+    # A later finding can paint over part or all of an earlier one (two metastases in one
+    # body merge): "voxels" is what the final instance map holds, "voxels_painted" what was
+    # painted; a lesion with no voxels left is part of another one.
+    for table, ids in (("lesion", lesions), ("mimic", mimics)):
+        counts = np.bincount(ids.ravel(), minlength=len(tables[table]) + 1)
+        for entry in tables[table]:
+            entry["voxels_painted"] = entry["voxels"]
+            if entry["id"]:
+                entry["voxels"] = int(counts[entry["id"]])
+                entry["volume_mm3"] = entry["voxels"] * float(np.prod(grid.spacing))
     return PaintedFindings(lesions, mimics, mix, tables["lesion"], tables["mimic"])

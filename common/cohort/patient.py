@@ -102,7 +102,7 @@ def synthesise_patient(spec: CohortSpec, plan: PatientPlan, out: Path) -> Patien
     for attempt in range(5):
         rng, profile, age, sex, anatomy, grid, tissue, painted = _draw(spec, plan, attempt)
         # Every metastasis must be visible; a rare draw puts one outside the slab: redraw.
-        if all(e["voxels"] > 0 for e in painted.lesion_table):
+        if all(e["voxels_painted"] > 0 for e in painted.lesion_table):
             break
     else:  # pragma: no cover - never seen
         raise PatientError(f"{plan.patient_id}: could not place its lesions in the field of view")

@@ -1,12 +1,27 @@
 """Spine segmentation (the canal's centre line) and the crop around the spine.
 
-The spinal canal is the one long, narrow, vertical structure of sagittal spine MRI: bright
-on STIR and T2 (CSF), dark on T1. ``LocateSpine`` looks for it on a coarse copy: a ridge
-filter (the pixel minus the mean of its ±12 mm horizontal neighbourhood), smoothed along the
-spine, picks the mid-sagittal slice (strongest ridge) and then the best connected path of the
-ridge from top to bottom (dynamic programming, at most one coarse pixel sideways per row).
-STIR is preferred (fat is nulled, so the bright subcutaneous fat does not compete), then T2,
-then T1 (dark ridge).
+The spinal canal is the one long tube of sagittal spine MRI that runs the whole field of
+view: bright on STIR and T2 (CSF), dark on T1. ``LocateSpine`` finds it on a coarse (2 mm)
+copy of one sequence (STIR preferred: fat is nulled; then T2; then T1):
+
+1. tubeness: scikit-image's Sato filter (Hessian eigenvalues) at the canal's scale, which
+   answers to tubes of any direction (the sacral canal slopes back at up to 60 degrees);
+2. depth: a tube within ``depth_mm`` of the body's surface (skin, scalp, subcutaneous fat
+   layers, which are long bright tubes too) counts less, fading to nothing at the surface;
+3. the path: dynamic programming finds the best connected path from top to bottom on the
+   mean over slices (the canal and its surroundings persist over several slices, bowel
+   contents change from slice to slice); moving anteriorly costs more than moving
+   posteriorly (the lordosis bends the canal gently forwards, the sacrum sharply back), so
+   the path does not leave the spine for the bright bowel in front of it;
+4. the mid-sagittal plane: the plane of left-right mirror symmetry of the slices (with too
+   few slices to mirror, the slice where the canal's tubeness along the path is strongest);
+   the path is refined on the slice nearest it.
+
+What was measured (tests/test_preprocess.py and the README): on the synthetic cohort the
+path lies within 4 mm of the true canal centre on 90 % of rows; an earlier version weighted
+candidates by the band-pass energy of the image in front of them (the vertebral column's
+periodicity), but bowel texture has more of that energy than the column does, and it
+followed the bowel in 1 study of 6.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.filters import sato
 
 from .pipeline import Reformat, SpineLocation, StudyImage
 from .volume import Box, Volume, resample
@@ -35,22 +51,25 @@ def bounding_box(vol: Volume, spacing: tuple[float, float, float]) -> Box:
     return Box((float(x0), float(y0), float(z1)), shape, tuple(float(s) for s in spacing))
 
 
-def _best_path(score: np.ndarray, max_step: int = 2, step_cost: float = 0.05) -> np.ndarray:
-    """Column per row maximising the summed score, moving at most ``max_step`` columns per
-    row (the sacrum slopes at up to ~60 degrees), each column of sideways move costing
-    ``step_cost`` times the score's maximum (a smooth path wins over a jumpy one)."""
+def best_path(score: np.ndarray, max_step: int = 2, step_cost: float = 0.1,
+              anterior_factor: float = 6.0) -> np.ndarray:
+    """Column per row maximising the summed score (dynamic programming), moving at most
+    ``max_step`` columns per row; each column of sideways move costs ``step_cost`` times
+    the score's maximum, ``anterior_factor`` times more towards lower columns (anterior)."""
     rows, cols = score.shape
     cost = step_cost * float(score.max() or 1.0)
     shifts = np.arange(-max_step, max_step + 1)
+    # Arriving at column c from column c + d: d > 0 is a move towards anterior.
+    penalty = cost * np.abs(shifts) * np.where(shifts > 0, anterior_factor, 1.0)
     total = score[0].astype(float).copy()
     back = np.zeros((rows, cols), np.int8)
     for r in range(1, rows):
         stack = np.full((shifts.size, cols), -np.inf)
-        for i, d in enumerate(shifts):   # arrive at column c from column c + d
+        for i, d in enumerate(shifts):
             if d >= 0:
-                stack[i, : cols - d] = total[d:] - cost * abs(d)
+                stack[i, : cols - d] = total[d:] - penalty[i]
             else:
-                stack[i, -d:] = total[: cols + d] - cost * abs(d)
+                stack[i, -d:] = total[: cols + d] - penalty[i]
         choice = np.argmax(stack, axis=0)
         total = stack[choice, np.arange(cols)] + score[r]
         back[r] = shifts[choice]
@@ -61,12 +80,56 @@ def _best_path(score: np.ndarray, max_step: int = 2, step_cost: float = 0.05) ->
     return path
 
 
+def depth_weight(img: np.ndarray, px_mm: float, depth_mm: float, level: float = 0.1
+                 ) -> np.ndarray:
+    """Per slice: 0 from the body's surface to ``depth_mm / 2`` inside it, rising to 1 at
+    ``depth_mm`` (the body is what is brighter than ``level`` times the 99th percentile
+    after a 5-pixel mean filter, holes filled)."""
+    smooth = ndimage.uniform_filter(img, (1, 5, 5))
+    body = smooth > level
+    out = np.zeros(img.shape, np.float32)
+    for k in range(img.shape[0]):
+        inside = ndimage.binary_fill_holes(ndimage.binary_opening(body[k], iterations=2))
+        dist = ndimage.distance_transform_edt(inside) * px_mm
+        out[k] = np.clip((dist - depth_mm / 2) / (depth_mm / 2), 0.0, 1.0)
+    return out
+
+
+def symmetry_centre(img: np.ndarray, min_pairs: int = 3) -> float | None:
+    """The slice position (in slice units, half-slice steps) about which the volume is most
+    nearly mirror-symmetric: the mid-sagittal plane.
+
+    For each candidate centre, the slice pairs mirrored about it are compared by their
+    correlation, less the mean correlation of all pairs equally far apart (neighbouring
+    slices correlate whatever the symmetry); candidates need ``min_pairs`` pairs at least
+    two slices apart. None when no candidate has them (a thin slab: use another cue).
+    """
+    n = img.shape[0]
+    flat = img.reshape(n, -1).astype(float)
+    flat -= flat.mean(axis=1, keepdims=True)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True) + 1e-9
+    corr = flat @ flat.T
+    baseline = {d: float(np.mean(np.diagonal(corr, d))) for d in range(1, n)}
+    best, best_c = -np.inf, None
+    for twice in range(1, 2 * n - 2):
+        c = twice / 2.0
+        pairs = [(a, twice - a) for a in range(n) if a < twice - a < n and twice - 2 * a >= 2]
+        if len(pairs) < min_pairs:
+            continue
+        value = float(np.mean([corr[a, b] - baseline[b - a] for a, b in pairs]))
+        if value > best:
+            best, best_c = value, c
+    return best_c
+
+
 @dataclass
 class LocateSpine:
     coarse_mm: float = 2.0
-    ridge_halfwidth_mm: float = 12.0
-    along_spine_mm: float = 12.0
-    column_depth_mm: float = 40.0
+    canal_sigmas_mm: tuple = (3.0, 4.0, 5.0)
+    depth_mm: float = 30.0
+    body_level: float = 0.1
+    step_cost: float = 0.1
+    anterior_factor: float = 6.0
     refine_mm: float = 8.0
 
     def __call__(self, study: StudyImage) -> StudyImage:
@@ -78,49 +141,33 @@ class LocateSpine:
         box = bounding_box(vol, (slice_mm, self.coarse_mm, self.coarse_mm))
         img = resample(vol, box)
         img /= np.percentile(img, 99.0) + 1e-6
-        size = int(round(2 * self.ridge_halfwidth_mm / self.coarse_mm)) | 1
-        ridge = img - ndimage.uniform_filter1d(img, size, axis=2, mode="nearest")
-        if source == "T1":
-            ridge = -ridge
-        ridge = ndimage.gaussian_filter1d(ridge, self.along_spine_mm / self.coarse_mm, axis=1)
-        # The canal runs just behind the vertebral column, whose bodies and discs repeat
-        # every 15-45 mm along the spine: band-pass the image along the rows, take the local
-        # energy, and weight each candidate column by that energy in front of it. Bright fat
-        # layers and the skull are long ridges too, but have nothing periodic in front.
         px = self.coarse_mm
-        band = ndimage.gaussian_filter1d(img, 3.0 / px, axis=1) - \
-            ndimage.gaussian_filter1d(img, 10.0 / px, axis=1)
-        energy = ndimage.gaussian_filter1d(band * band, 20.0 / px, axis=1)
-        lo, hi = int(round(8.0 / px)), int(round(self.column_depth_mm / px))
-        front = ndimage.uniform_filter1d(energy, hi - lo + 1, axis=2, mode="constant")
-        # front[c] should average energy over columns c-hi .. c-lo (anterior of c).
-        front = np.roll(front, (hi + lo) // 2, axis=2)
-        front[:, :, : (hi + lo) // 2] = 0.0
-        front /= float(front.max()) + 1e-9
-        # The body is where there is signal: a dark line in air is not a canal.
-        body = ndimage.uniform_filter(img, (1, 9, 9)) > 0.05
-        raw = np.where(body, np.clip(ridge, 0, None), 0.0)
-        ridge = raw * front
-        per_slice = np.clip(ridge, 0, None).max(axis=2).sum(axis=1)
-        k = int(np.argmax(per_slice))
-        # The canal spans several slices: the midline is the score-weighted centre of the
-        # best slice and its neighbours (finer than one slice).
-        near = np.arange(max(k - 1, 0), min(k + 2, len(per_slice)))
-        mid_k = float((near * per_slice[near]).sum() / (per_slice[near].sum() + 1e-9))
-        path = _best_path(np.clip(ridge[k], 0, None))
-        # Refine: the vertebral-column weighting found the right structure; the canal's own
-        # ridge places it within a few millimetres of that path.
-        reach = int(round(self.refine_mm / self.coarse_mm))
-        cols = raw.shape[2]
-        offsets = np.arange(-reach, reach + 1)
-        cand = np.clip(path[:, None] + offsets[None, :], 0, cols - 1)
-        local = raw[k][np.arange(len(path))[:, None], cand]
-        best = cand[np.arange(len(path)), np.argmax(local, axis=1)]
-        path = np.where(local.max(axis=1) > 0, best, path)
+        sigmas = [s / px for s in self.canal_sigmas_mm]
+        tube = np.stack([sato(plane, sigmas=sigmas, black_ridges=source == "T1")
+                         for plane in img]).astype(np.float32)
+        tube /= float(tube.max()) + 1e-9
+        score = tube * depth_weight(img, px, self.depth_mm, self.body_level)
+        if not score.any():
+            raise SpineNotFound(f"study {study.study_uid}: no tube-like structure in {source}")
+        path = best_path(score.mean(axis=0), step_cost=self.step_cost,
+                         anterior_factor=self.anterior_factor)
+        rows = np.arange(score.shape[1])
+        mid_k = symmetry_centre(img)
+        if mid_k is None:   # too few slices to mirror: where the canal's tubeness is strongest
+            near_path = np.clip(path[:, None] + np.arange(-2, 3)[None, :], 0, score.shape[2] - 1)
+            per_slice = score[:, rows[:, None], near_path].max(axis=2).sum(axis=1)
+            mid_k = float(np.argmax(per_slice))
+        k = int(np.clip(np.rint(mid_k), 0, score.shape[0] - 1))
+        # Refine on that slice: the canal's own tubeness within refine_mm of the path.
+        reach = int(round(self.refine_mm / px))
+        cand = np.clip(path[:, None] + np.arange(-reach, reach + 1)[None, :], 0,
+                       score.shape[2] - 1)
+        local = score[k][rows[:, None], cand]
+        path = np.where(local.max(axis=1) > 0, cand[rows, np.argmax(local, axis=1)], path)
         path = np.rint(ndimage.median_filter(path.astype(float), size=5, mode="nearest")
                        ).astype(int)
-        strength = ridge[k, np.arange(ridge.shape[1]), path]
-        idx = np.column_stack([np.full(path.size, k), np.arange(path.size), path]).astype(float)
+        strength = score[k, rows, path]
+        idx = np.column_stack([np.full(path.size, k), rows, path]).astype(float)
         pts = box.volume().index_to_patient(idx)
         mid_x = float(box.volume().index_to_patient(np.array([[mid_k, 0.0, 0.0]]))[0, 0])
         study.spine = SpineLocation(mid_x=mid_x, z=pts[:, 2], y=pts[:, 1],
@@ -137,8 +184,10 @@ class CropToSpine:
     plane (the vertebral bodies, pedicles and facets), at ``spacing_mm`` in plane."""
 
     height_mm: float = 288.0
-    anterior_mm: float = 56.0
-    posterior_mm: float = 40.0
+    # The spine reaches 36-48 mm in front of the canal centre (the vertebral bodies) and
+    # 7-40 mm behind it (laminae, spinous processes; 10th-90th percentiles, synthetic cohort).
+    anterior_mm: float = 46.0
+    posterior_mm: float = 38.0
     half_width_mm: float = 28.0
     spacing_mm: float = 1.6
     margin_mm: float = 4.0
