@@ -1,7 +1,9 @@
 """Measure the project's speed and size targets in one run and print them as a table.
 
-    python -m benchmarks                      # the full default cohort (941 patients)
+    python -m benchmarks                      # the full default cohort (941 patients) and
+                                              # preprocessing of 200 of its studies
     python -m benchmarks --patients 100       # a quicker look (scaled to 941 in the table)
+    python -m benchmarks --only preprocess    # one group
 
 Each row gives the measured value, the target, and their ratio (<= 1.0 meets the target).
 """
@@ -58,14 +60,69 @@ def bench_cohort(patients: int, workers: int, keep: Path | None) -> list[tuple]:
     ]
 
 
+_PREPROCESS_RUN = """
+import json, resource, sys
+from pathlib import Path
+from spinemet.common.cohort.writer import read_labels
+from spinemet.common.preprocess.runner import preprocess
+data, cache, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+labels = read_labels(data / "labels.csv")
+cold = preprocess(data, cache, labels, workers=workers)
+warm = preprocess(data, cache, labels, workers=workers)
+print(json.dumps({"cold_s": cold.seconds, "computed": cold.computed, "failed": cold.failed[:3],
+                  "warm_s": warm.seconds, "cached": warm.cached, "recomputed": warm.computed,
+                  "peak_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "peak_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_preprocess(studies: int, workers: int) -> list[tuple]:
+    """Cold (empty cache) and cached preprocessing of ``studies`` studies of a fresh cohort,
+    in a process of its own so that its peak memory is its own."""
+    import json
+    import subprocess
+
+    from spinemet.common.cohort.spec import CohortSpec
+    from spinemet.common.cohort.writer import write_cohort
+
+    root = Path(tempfile.mkdtemp(prefix="spinemet-bench-pre-"))
+    try:
+        data = root / "cohort"
+        write_cohort(CohortSpec(patients=studies, seed=1), data, workers=workers)
+        out = subprocess.run([sys.executable, "-c", _PREPROCESS_RUN, str(data), str(root / "cache"),
+                              str(workers)], check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if r["failed"] or r["recomputed"]:
+        raise SystemExit(f"preprocessing benchmark invalid: {r}")
+    cold_rate, warm_rate = r["computed"] / r["cold_s"], r["cached"] / r["warm_s"]
+    return [
+        ("preprocess: studies", f"{r['computed']}", "", ""),
+        ("preprocess: cold, every step on", f"{cold_rate:.2f} studies/s", ">= 2 studies/s",
+         f"{2.0 / cold_rate:.2f}"),
+        ("preprocess: cached", f"{warm_rate:.0f} studies/s", ">= 300 studies/s",
+         f"{300.0 / warm_rate:.2f}"),
+        ("preprocess: peak memory, one worker", f"{r['peak_worker_mib']:.0f} MiB", "", ""),
+        ("preprocess: peak memory, coordinator", f"{r['peak_main_mib']:.0f} MiB", "", ""),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=941)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", type=Path, help="write the cohort here and keep it")
+    ap.add_argument("--studies", type=int, default=200,
+                    help="studies for the preprocessing benchmark (default 200)")
+    ap.add_argument("--only", choices=("cohort", "preprocess"), help="run one group")
     args = ap.parse_args(argv)
-    rows = bench_cohort(args.patients, args.workers, args.keep)
+    rows = []
+    if args.only in (None, "cohort"):
+        rows += bench_cohort(args.patients, args.workers, args.keep)
+    if args.only in (None, "preprocess"):
+        rows += bench_preprocess(args.studies, args.workers)
     from rich.console import Console
     from rich.table import Table
 

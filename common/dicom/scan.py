@@ -73,10 +73,11 @@ class Series:
         """4x4: voxel index (k, r, c, 1) -> patient LPS mm."""
         return geo.affine(self.origin, self.spacing, self.direction)
 
-    def load(self) -> np.ndarray:
-        """(slices, rows, cols) float32 with RescaleSlope/Intercept applied.
-        Raises :class:`~.volume.DicomLoadError` naming the file that failed to decode."""
-        return load_series(self)
+    def load(self, slices: range | None = None) -> np.ndarray:
+        """(slices, rows, cols) float32 with RescaleSlope/Intercept applied (``slices``: only
+        that range of slices). Raises :class:`~.volume.DicomLoadError` naming the file that
+        failed to decode."""
+        return load_series(self, slices)
 
     def folder(self) -> Path:
         parents = {f.parent for f in self.files}

@@ -35,12 +35,14 @@ def _pixels(path: Path) -> np.ndarray:
     return arr
 
 
-def load_series(series: "Series") -> np.ndarray:
+def load_series(series: "Series", slices: range | None = None) -> np.ndarray:
     """(slices, rows, cols) float32, slices in the series' order along the normal, each
-    slice's stored values x RescaleSlope + RescaleIntercept (per frame for enhanced MR)."""
-    out = np.empty(series.shape, np.float32)
+    slice's stored values x RescaleSlope + RescaleIntercept (per frame for enhanced MR).
+    ``slices`` loads only that range of them (only those files are decoded)."""
+    slices = range(series.shape[0]) if slices is None else slices
+    out = np.empty((len(slices),) + tuple(series.shape[1:]), np.float32)
     cache: dict[Path, np.ndarray] = {}
-    for k, (path, frame) in enumerate(series.frames):
+    for k, (path, frame) in enumerate(series.frames[i] for i in slices):
         if path not in cache:
             cache = {path: _pixels(path)}          # files are visited in order: keep one
         arr = cache[path]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pipeline import StudyImage
-from .volume import resample
+from .volume import LazyVolume, resample
 
 
 def phase_correlation_shift(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
@@ -40,8 +40,11 @@ class ResampleAligned:
         ref_frame = study.frames.get(ref_seq)
         study.crop = {}
         for seq in study.sequences:
-            vol = study.volumes[seq]
             box = study.crop_box(seq)
+            vol = study.volumes[seq]
+            if isinstance(vol, LazyVolume):   # decode only the slices the crop touches
+                vol = vol.slab_for(box)
+            study.slab_sources[seq] = vol
             data = resample(vol, box, order=self.order)
             refined = None
             if seq != ref_seq and ref_frame and study.frames.get(seq) not in (None, ref_frame):

@@ -6,11 +6,14 @@ Layout::
     CACHE/<pipeline hash[:16]>/pipeline.json
     CACHE/<pipeline hash[:16]>/studies/<key>.npz   image (C, H, W) float32 + meta JSON
     CACHE/<pipeline hash[:16]>/index.json          one entry per study of the last run
+    CACHE/<pipeline hash[:16]>/last-run.json       what the last run saw (tree signature)
 
 A study's key is the SHA-256 of the pipeline hash and the content hashes of the files of the
 series it uses, so changing a parameter or a file recomputes it and changing nothing reuses
 it. File content hashes and headers are remembered by (size, mtime) so a run on unchanged
-data reads no DICOM at all.
+data reads no DICOM at all; and when nothing under the data folder changed since the last
+run (same files, sizes and modification times, same labels), the last run's index is
+reused without even loading the header memo.
 """
 
 from __future__ import annotations
@@ -110,6 +113,44 @@ class TensorCache:
                                    "studies": entries}, indent=1) + "\n")
         os.replace(tmp, path)
         return path
+
+
+def tree_signature(data: Path, labels: list[dict] | None) -> str:
+    """SHA-256 over every file under ``data`` (relative path, size, mtime in ns) and the
+    labels: equal signatures mean the same inputs as far as the file system can tell."""
+    h = hashlib.sha256()
+    root = Path(data)
+    for base, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(base, name)
+            st = os.stat(full)
+            h.update(f"{os.path.relpath(full, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(labels or [], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def read_last_run(tensors: TensorCache, data: Path, signature: str) -> dict | None:
+    """The last run's summary and index entries, if it saw exactly these inputs and every
+    tensor it listed is still in the cache."""
+    try:
+        last = json.loads((tensors.root / "last-run.json").read_text())
+        index = json.loads((tensors.root / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if last.get("data") != str(Path(data).resolve()) or last.get("signature") != signature:
+        return None
+    if not all(tensors.has(e["key"]) for e in index["studies"]):
+        return None
+    return {**last, "studies": index["studies"]}
+
+
+def write_last_run(tensors: TensorCache, data: Path, signature: str, counts: dict) -> None:
+    path = tensors.root / "last-run.json"
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps({"data": str(Path(data).resolve()), "signature": signature,
+                               **counts}, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def read_index(cache: Path, pipeline_hash: str | None = None) -> tuple[Path, dict]:

@@ -43,8 +43,8 @@ class Denoise:
 
 @dataclass
 class CorrectBias:
-    """Bias-field (coil sensitivity) correction, estimated on each whole series, applied to
-    its crop.
+    """Bias-field (coil sensitivity) correction, estimated on the full field of view of the
+    slices each sequence's crop was sampled from, applied to the crop.
 
     ``method="homomorphic"`` (default): the low-pass of the log image within the body,
     by normalised convolution (a Gaussian of ``sigma_mm`` over the body mask divided by the
@@ -89,7 +89,9 @@ class CorrectBias:
 
     def __call__(self, study: StudyImage) -> StudyImage:
         for seq, img in study.crop.items():
-            field = self.log_field(study.volumes[seq])
+            # The field is smoothed within each slice, so estimating it on the slices the
+            # crop was sampled from gives those slices' field.
+            field = self.log_field(study.slab_sources.get(seq) or study.volumes[seq])
             log = resample(field, study.crop_box(seq), order=1)
             study.crop[seq] = (img / np.exp(log)).astype(np.float32)
             study.note("CorrectBias", sequence=seq, method=self.method,

@@ -1,8 +1,8 @@
 """Spine segmentation (the canal's centre line) and the crop around the spine.
 
 The spinal canal is the one long tube of sagittal spine MRI that runs the whole field of
-view: bright on STIR and T2 (CSF), dark on T1. ``LocateSpine`` finds it on a coarse (2 mm)
-copy of one sequence (STIR preferred: fat is nulled; then T2; then T1):
+view: bright on STIR and T2 (CSF), dark on T1. ``LocateSpine`` finds it on a coarse
+copy (3 mm) of one sequence (STIR preferred: fat is nulled; then T2; then T1):
 
 1. tubeness: scikit-image's Sato filter (Hessian eigenvalues) at the canal's scale, which
    answers to tubes of any direction (the sacral canal slopes back at up to 60 degrees);
@@ -124,8 +124,8 @@ def symmetry_centre(img: np.ndarray, min_pairs: int = 3) -> float | None:
 
 @dataclass
 class LocateSpine:
-    coarse_mm: float = 2.0
-    canal_sigmas_mm: tuple = (3.0, 4.0, 5.0)
+    coarse_mm: float = 3.0
+    canal_sigmas_mm: tuple = (3.0, 5.0)
     depth_mm: float = 30.0
     body_level: float = 0.1
     step_cost: float = 0.1

@@ -70,6 +70,9 @@ class StudyImage:
     reformat: Reformat | None = None
     slabs: dict[str, np.ndarray] = field(default_factory=dict)  # slice indices of box, per seq
     crop: dict[str, np.ndarray] = field(default_factory=dict)
+    # Per sequence, the source slices the crop was sampled from (ResampleAligned): the
+    # bias field is estimated on them.
+    slab_sources: dict[str, Volume] = field(default_factory=dict)
     image: np.ndarray | None = None
     log: list[dict] = field(default_factory=list)
 

@@ -13,9 +13,10 @@ from typing import Callable
 from ..parallel import one_thread_per_worker
 from ..dicom.scan import Series, Study, group, walk_files
 from ..dicom.header import Rejected, read_header
-from .cache import FileMemo, TensorCache, file_sha256
+from .cache import (FileMemo, TensorCache, file_sha256, read_last_run, tree_signature,
+                    write_last_run)
 from .pipeline import SEQUENCES, Pipeline, StudyImage, default_pipeline
-from .volume import from_affine, to_canonical
+from .volume import LazyVolume
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ def study_image(study: Study) -> StudyImage:
         series = study.series_for(seq)
         if series is None:
             continue
-        volumes[seq] = to_canonical(from_affine(series.load(), series.affine))
+        # Decoded when first used: the sequences the spine is not located on are read only
+        # in the slices the crop needs (ResampleAligned).
+        volumes[seq] = LazyVolume(series.shape, series.affine, series.load)
         frames[seq] = series.frame_of_reference
     return StudyImage(study.study_uid, volumes, frames)
 
@@ -117,9 +120,23 @@ def preprocess(data: Path, cache_dir: Path, labels: list[dict] | None = None,
     t0 = time.perf_counter()
     pipeline = pipeline or default_pipeline()
     workers = max(1, workers or os.cpu_count() or 1)
+    cache = TensorCache(Path(cache_dir), pipeline.hash(), pipeline.params())
+    signature = tree_signature(Path(data), labels)
+    last = read_last_run(cache, Path(data), signature)
+    if last is not None:   # nothing changed since the last run: its index stands
+        summary = PreprocessSummary(studies=last["studies_found"],
+                                    rejected_files=last["rejected_files"],
+                                    cached=len(last["studies"]),
+                                    unlabelled=sum(e["label"] < 0 for e in last["studies"]),
+                                    pipeline_hash=pipeline.hash(),
+                                    failed=[tuple(f) for f in last["failed"]])
+        summary.index = cache.root / "index.json"
+        if progress:
+            progress("preprocessing", summary.cached, summary.cached)
+        summary.seconds = time.perf_counter() - t0
+        return summary
     memo = FileMemo.load(Path(cache_dir))
     studies, rejected, shas = scan_with_memo(Path(data), memo, workers, progress)
-    cache = TensorCache(Path(cache_dir), pipeline.hash(), pipeline.params())
     by_uid = {r["study_uid"]: r for r in labels or [] if r.get("study_uid")}
     by_pid = {r["patient_id"]: r for r in labels or []}
     summary = PreprocessSummary(studies=len(studies), rejected_files=len(rejected),
@@ -162,5 +179,8 @@ def preprocess(data: Path, cache_dir: Path, labels: list[dict] | None = None,
                     progress("preprocessing", done, len(entries))
     entries = [e for e in entries if e["study_uid"] not in failed]
     summary.index = cache.write_index(entries)
+    write_last_run(cache, Path(data), signature,
+                   {"studies_found": summary.studies, "rejected_files": summary.rejected_files,
+                    "failed": summary.failed})
     summary.seconds = time.perf_counter() - t0
     return summary
