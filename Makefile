@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= data/cohort
+CACHE  ?= data/cache
 
 .PHONY: setup run test bench clean
 
@@ -18,6 +19,7 @@ setup: $(VENV)/.setup-stamp
 
 run: setup
 	$(BIN)/spinemet cohort --out $(DATA)
+	$(BIN)/spinemet preprocess --data $(DATA) --cache $(CACHE)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
