@@ -223,7 +223,7 @@ class CropToSpine:
     def __call__(self, study: StudyImage) -> StudyImage:
         sp = study.spine
         # Rows: centred on the field of view, which the technologist centres on the region
-        # the exam is for (a lumbar FOV of 280-320 mm holds the 256 mm the tensor shows).
+        # the exam is for (a lumbar FOV of 280-320 mm; the tensor shows 288 mm along the spine).
         z_centre = float((sp.z.max() + sp.z.min()) / 2.0)
         z_top, z_bottom = z_centre + self.height_mm / 2, z_centre - self.height_mm / 2
         inside = (sp.z <= z_top) & (sp.z >= z_bottom)
