@@ -46,6 +46,7 @@ def _root(
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                    refresh_per_second=2,   # the workers need the cores more than the bar
                     disable=not console.is_terminal and os.environ.get("SPINEMET_PROGRESS") != "1")
 
 
