@@ -10,8 +10,13 @@ def one_thread_per_worker() -> None:
     worker (the default) oversubscribes the machine (measured: 60 patients took 22.1 s
     instead of 18.6 s on 2 cores).
     """
-    import torch
+    import sys
+
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
-    torch.set_num_threads(1)
+    # torch keeps its own thread pool; workers forked from a parent that imported it (the
+    # cohort's renderer) inherit the module. Others never import it here: it costs seconds.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -211,6 +212,31 @@ def test_cache_reuses_unchanged_studies_and_recomputes_changed_ones(small_cohort
     assert (fourth.computed, fourth.cached) == (4, 0)
     params = json.loads((cache / pipe.hash()[:16] / "pipeline.json").read_text())
     assert params["hash"] == pipe.hash()
+
+
+def test_unchanged_inputs_reuse_the_last_index_without_reading_headers(small_cohort, tmp_path,
+                                                                       monkeypatch):
+    from spinemet.common.preprocess import runner
+
+    data = _copy_patients(small_cohort, small_cohort.labels[:2], tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = preprocess(data, cache, small_cohort.labels, workers=1)
+    assert (first.computed, first.cached) == (2, 0)
+    loads = []
+    real_load = runner.FileMemo.load
+    monkeypatch.setattr(runner.FileMemo, "load",
+                        classmethod(lambda cls, c: loads.append(c) or real_load(c)))
+    again = preprocess(data, cache, small_cohort.labels, workers=1)
+    assert (again.computed, again.cached, again.studies) == (0, 2, 2)
+    assert again.index == first.index and loads == []          # the fast path
+    # Other labels, or a file touched: the inputs are scanned again (from the header memo).
+    relabelled = [dict(r, label=(int(r["label"]) + 1) % 3) for r in small_cohort.labels]
+    third = preprocess(data, cache, relabelled, workers=1)
+    assert (third.computed, third.cached) == (0, 2) and len(loads) == 1
+    f = next((data / small_cohort.labels[0]["site"]).rglob("*.dcm"))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    fourth = preprocess(data, cache, relabelled, workers=1)
+    assert (fourth.computed, fourth.cached) == (0, 2) and len(loads) == 2
 
 
 def test_a_study_that_fails_to_decode_does_not_stop_the_run(small_cohort, tmp_path):

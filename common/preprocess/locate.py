@@ -82,19 +82,32 @@ def best_path(score: np.ndarray, max_step: int = 2, step_cost: float = 0.1,
     return path
 
 
-def depth_weight(img: np.ndarray, px_mm: float, depth_mm: float, level: float = 0.1
-                 ) -> np.ndarray:
+def body_mask(img: np.ndarray, level: float = 0.1) -> np.ndarray:
+    """Where the body is: brighter than ``level`` times the 99th percentile after a 5-pixel
+    mean filter (``img`` is scaled so that its 99th percentile is 1)."""
+    return ndimage.uniform_filter(img, (1, 5, 5)) > level
+
+
+def depth_weight(body: np.ndarray, px_mm: float, depth_mm: float) -> np.ndarray:
     """Per slice: 0 from the body's surface to ``depth_mm / 2`` inside it, rising to 1 at
-    ``depth_mm`` (the body is what is brighter than ``level`` times the 99th percentile
-    after a 5-pixel mean filter, holes filled)."""
-    smooth = ndimage.uniform_filter(img, (1, 5, 5))
-    body = smooth > level
-    out = np.zeros(img.shape, np.float32)
-    for k in range(img.shape[0]):
+    ``depth_mm`` (holes in the body mask filled)."""
+    out = np.zeros(body.shape, np.float32)
+    for k in range(body.shape[0]):
         inside = ndimage.binary_fill_holes(ndimage.binary_opening(body[k], iterations=2))
         dist = ndimage.distance_transform_edt(inside) * px_mm
         out[k] = np.clip((dist - depth_mm / 2) / (depth_mm / 2), 0.0, 1.0)
     return out
+
+
+def back_weight(body: np.ndarray, px_mm: float, max_mm: float) -> np.ndarray:
+    """Per row: 1 up to ``max_mm - 40`` mm in front of the back's skin (the body's most
+    posterior column on that row), falling to 0 at ``max_mm``; the canal lies 40-130 mm in
+    front of it, the abdomen further forwards."""
+    cols = np.arange(body.shape[2])
+    last = np.where(body.any(axis=2), body.shape[2] - 1 - np.argmax(body[:, :, ::-1], axis=2), 0)
+    last = ndimage.median_filter(last, size=(1, 9), mode="nearest")
+    depth = (last[:, :, None] - cols[None, None, :]) * px_mm
+    return np.clip((max_mm - depth) / 40.0, 0.0, 1.0).astype(np.float32)
 
 
 def symmetry_centre(img: np.ndarray, min_pairs: int = 3) -> float | None:
@@ -162,9 +175,10 @@ class LocateSpine:
         tube = np.stack([sato(plane, sigmas=sigmas, black_ridges=source == "T1")
                          for plane in img]).astype(np.float32)
         tube /= float(tube.max()) + 1e-9
-        score = tube * depth_weight(img, px, self.depth_mm, self.body_level)
+        body = body_mask(img, self.body_level)
+        score = tube * depth_weight(body, px, self.depth_mm)
         if self.max_back_mm > 0:
-            score *= back_weight(img, px, self.max_back_mm, self.body_level)
+            score *= back_weight(body, px, self.max_back_mm)
         if not score.any():
             raise SpineNotFound(f"study {study.study_uid}: no tube-like structure in {source}")
         path = best_path(score.mean(axis=0), step_cost=self.step_cost,
@@ -186,8 +200,9 @@ class LocateSpine:
                        ).astype(int)
         strength = score[k, rows, path]
         idx = np.column_stack([np.full(path.size, k), rows, path]).astype(float)
-        pts = box.volume().index_to_patient(idx)
-        mid_x = float(box.volume().index_to_patient(np.array([[mid_k, 0.0, 0.0]]))[0, 0])
+        grid = box.volume(img)
+        pts = grid.index_to_patient(idx)
+        mid_x = float(grid.index_to_patient(np.array([[mid_k, 0.0, 0.0]]))[0, 0])
         study.spine = SpineLocation(mid_x=mid_x, z=pts[:, 2], y=pts[:, 1],
                                     strength=strength.astype(np.float32), source=source)
         study.note("LocateSpine", source=source, mid_x_mm=mid_x,
