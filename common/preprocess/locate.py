@@ -19,11 +19,9 @@ copy (3 mm) of one sequence (STIR preferred: fat is nulled; then T2; then T1):
    few slices to mirror, the slice where the canal's tubeness along the path is strongest);
    the path is refined on the slice nearest it.
 
-What was measured (README, "Preprocessing"): on 100 synthetic studies the path lies within
-5.2 mm of the true canal centre on 90 % of rows. An earlier version weighted candidates by
-the band-pass energy of the image in front of them (the vertebral column's periodicity), but
-bowel texture has more of that energy than the column does, and it followed the bowel in
-about 1 study of 6.
+An earlier version weighted candidates by the band-pass energy of the image in front of
+them (the vertebral column's periodicity), but bowel texture has more of that energy than
+the column does, and it followed the bowel in some studies.
 """
 
 from __future__ import annotations
