@@ -57,7 +57,7 @@ def cohort(
                                                 "305:320:316 proportions).")] = 941,
     sites: Annotated[int, typer.Option(help="Number of hospitals (scanner profiles cycle).")] = 5,
     seed: Annotated[int, typer.Option(help="Cohort seed: same seed, same files.")] = 0,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes [default: all "
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes \\[default: all "
                                                          "cores].")] = None,
     difficulty: Annotated[float, typer.Option(help="Image difficulty 0..1 (lesion "
                                                     "conspicuity, size overlap, mimics).")] = 0.5,
@@ -139,6 +139,12 @@ from .cli_dicom import inspect_command, validate_command  # noqa: E402  (imports
 
 app.command("inspect")(inspect_command)
 app.command("validate")(validate_command)
+
+from .cli_train import models_command, predict_command, train_command  # noqa: E402
+
+app.command("models")(models_command)
+app.command("train")(train_command)
+app.command("predict")(predict_command)
 
 
 def main() -> None:

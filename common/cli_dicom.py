@@ -60,7 +60,7 @@ def inspect_command(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders, any layout.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Header-reading processes "
-                                                        "[default: all cores].")] = None,
+                                                        "\\[default: all cores].")] = None,
     limit: Annotated[int, typer.Option(help="Rejected files listed in the table.")] = 50,
 ) -> None:
     """List the studies and series found under PATHS and every file that cannot be used.
@@ -109,10 +109,10 @@ def validate_command(
     data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder.")],
     labels: Annotated[Optional[Path], typer.Option(
         "--labels", help="Labels CSV (patient_id, study_uid, label, label_name, site) "
-                         "[default: DATA/labels.csv].")] = None,
+                         "\\[default: DATA/labels.csv].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Header-reading processes "
-                                                        "[default: all cores].")] = None,
+                                                        "\\[default: all cores].")] = None,
     limit: Annotated[int, typer.Option(help="Rows listed per problem table.")] = 20,
 ) -> None:
     """A site's readiness report: studies, labels, classes, missing sequences, rejected files.

@@ -14,9 +14,9 @@ def preprocess_command(
                                                               "layout).")],
     cache: Annotated[Path, typer.Option("--cache", "-c", help="Cache folder (reused across "
                                                                 "runs).")],
-    labels: Annotated[Optional[Path], typer.Option(help="labels.csv [default: "
+    labels: Annotated[Optional[Path], typer.Option(help="labels.csv \\[default: "
                                                         "DATA/labels.csv if present].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes [default: all "
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes \\[default: all "
                                                          "cores].")] = None,
     show_pipeline: Annotated[bool, typer.Option("--show-pipeline", help="Print the pipeline's "
                                                 "parameters and hash, then exit.")] = False,

@@ -165,15 +165,7 @@ def test_ground_truth_lesions_project_into_the_2d_image(processed):
             if not idx.size:   # painted over by a larger lesion in the same bone
                 continue
             total += 1
-            pts = gt.grid.voxel_to_patient(idx)
-            box = img.box
-            r = (box.origin[2] - pts[:, 2]) / box.spacing[1]
-            order = np.argsort(img.spine.z)
-            canal_y = np.interp(pts[:, 2], img.spine.z[order], img.spine.y[order])
-            grid = img.reformat
-            c = (pts[:, 1] - canal_y + grid.anterior_mm) / grid.spacing_mm
-            inside = (r >= 0) & (r < grid.rows) & (c >= 0) & (c < grid.cols) & \
-                (np.abs(pts[:, 0] - img.spine.mid_x) <= project.width_half_mm)
+            r, c, inside = project.image_coordinates(img, gt.grid.voxel_to_patient(idx))
             if inside.mean() >= 0.5:
                 projected += 1
                 ri, ci = r[inside].astype(int), c[inside].astype(int)

@@ -42,14 +42,34 @@ class ProjectTo2D:
         """(row, column) indices into the box for every output pixel."""
         box, grid = study.box, study.reformat
         z = box.origin[2] - np.arange(grid.rows) * box.spacing[1]
-        order = np.argsort(study.spine.z)
-        canal_y = np.interp(z, study.spine.z[order], study.spine.y[order])
-        # A smooth centre line: the path is found on a coarse grid, smooth out its steps.
-        canal_y = ndimage.gaussian_filter1d(canal_y, 3.0, mode="nearest")
+        canal_y = self._canal_y(study)
         y = canal_y[:, None] - grid.anterior_mm + np.arange(grid.cols)[None, :] * grid.spacing_mm
         rows = (box.origin[2] - z) / box.spacing[1]
         cols = (y - box.origin[1]) / box.spacing[2]
         return np.broadcast_to(rows[:, None], cols.shape), cols
+
+    @staticmethod
+    def _canal_y(study: StudyImage) -> np.ndarray:
+        """Patient y (mm) of the canal centre line at each output row."""
+        box, grid = study.box, study.reformat
+        z = box.origin[2] - np.arange(grid.rows) * box.spacing[1]
+        order = np.argsort(study.spine.z)
+        canal_y = np.interp(z, study.spine.z[order], study.spine.y[order])
+        # A smooth centre line: the path is found on a coarse grid, smooth out its steps.
+        return ndimage.gaussian_filter1d(canal_y, 3.0, mode="nearest")
+
+    def image_coordinates(self, study: StudyImage, points: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where patient points (N, 3; LPS mm) land in the 2-D image: fractional (row,
+        column) and whether each lies in the image and within the projected width."""
+        box, grid = study.box, study.reformat
+        pts = np.asarray(points, float).reshape(-1, 3)
+        r = (box.origin[2] - pts[:, 2]) / box.spacing[1]
+        cy = np.interp(r, np.arange(grid.rows), self._canal_y(study))
+        c = (pts[:, 1] - cy + grid.anterior_mm) / grid.spacing_mm
+        inside = ((r >= 0) & (r < grid.rows) & (c >= 0) & (c < grid.cols) &
+                  (np.abs(pts[:, 0] - study.spine.mid_x) <= self.width_half_mm))
+        return r, c, inside
 
     def slab(self, study: StudyImage, seq: str, half_mm: float) -> np.ndarray:
         """Indices into the sequence's crop of the slices within ``half_mm`` of the midline."""
