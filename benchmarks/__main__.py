@@ -3,7 +3,7 @@
     python -m benchmarks                      # the full default cohort (941 patients) and
                                               # preprocessing of 200 of its studies
     python -m benchmarks --patients 100       # a quicker look (scaled to 941 in the table)
-    python -m benchmarks --only preprocess    # one group
+    python -m benchmarks --only preprocess    # one group (cohort, preprocess, training)
 
 Each row gives the measured value, the target, and their ratio (<= 1.0 meets the target).
 """
@@ -108,6 +108,81 @@ def bench_preprocess(studies: int, workers: int) -> list[tuple]:
     ]
 
 
+_TRAINING_RUN = """
+import json, resource, sys, time
+import torch, torch.nn.functional as F
+from spinemet.common.models import build_model
+from spinemet.common.training.loop import Tensors, make_optimizer, make_augment, train_epoch
+from spinemet.common.training.protocol import TrainConfig, class_weights
+model_name, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(int(sys.argv[4]))
+g = torch.Generator().manual_seed(0)
+x = torch.rand((n, 4, 180, 52), generator=g)        # speed does not depend on the content
+y = torch.arange(n) % 3
+data = Tensors(x, y, [str(i) for i in range(n)], ["a"] * n)
+cfg = TrainConfig.for_model(model_name)
+w = class_weights(data.class_counts())
+
+def project(augment):
+    torch.manual_seed(0)
+    m = build_model(model_name)
+    opt = make_optimizer(m, cfg)
+    aug = make_augment(cfg) if augment else None
+    train_epoch(m, opt, data, cfg, 0, w, aug)                     # warm-up
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        train_epoch(m, opt, data, cfg, e + 1, w, aug)
+    return (time.perf_counter() - t0) / epochs
+
+def bare():
+    torch.manual_seed(0)
+    m = build_model(model_name)
+    opt = torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    def epoch():
+        m.train()
+        for idx in torch.randperm(n).split(cfg.batch_size):
+            opt.zero_grad()
+            F.cross_entropy(m(x[idx]), y[idx], weight=w).backward()
+            opt.step()
+    epoch()
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        epoch()
+    return (time.perf_counter() - t0) / epochs
+
+b, p, pa = bare(), project(False), project(True)
+print(json.dumps({"bare_s": b, "project_s": p, "augmented_s": pa,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_training(models: list[str], studies: int, epochs: int, threads: int) -> list[tuple]:
+    """Seconds per epoch of the project's loop (``train_epoch``) against a bare PyTorch loop on
+    the same model, batch size and in-memory tensors, for ``studies`` training studies (753 =
+    80 % of 941), each model in a process of its own (its own peak memory)."""
+    import json
+    import subprocess
+
+    rows = [("training: studies per epoch", f"{studies}", "", ""),
+            ("training: torch threads", f"{threads}", "", "")]
+    for name in models:
+        out = subprocess.run([sys.executable, "-c", _TRAINING_RUN, name, str(studies),
+                              str(epochs), str(threads)],
+                             check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        ratio = r["bare_s"] / r["project_s"]      # throughput of ours relative to the bare loop
+        rows += [
+            (f"training {name}: bare PyTorch loop", f"{r['bare_s']:.2f} s/epoch", "", ""),
+            (f"training {name}: project loop", f"{r['project_s']:.2f} s/epoch", "", ""),
+            (f"training {name}: throughput vs bare", f"{ratio:.3f}", ">= 0.9",
+             f"{0.9 / ratio:.2f}"),
+            (f"training {name}: with augmentation", f"{r['augmented_s']:.2f} s/epoch", "", ""),
+            (f"training {name}: peak memory", f"{r['peak_mib']:.0f} MiB", "", ""),
+        ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,13 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="write the cohort here and keep it")
     ap.add_argument("--studies", type=int, default=200,
                     help="studies for the preprocessing benchmark (default 200)")
-    ap.add_argument("--only", choices=("cohort", "preprocess"), help="run one group")
+    ap.add_argument("--only", choices=("cohort", "preprocess", "training"),
+                    help="run one group")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="timed epochs per loop in the training benchmark (default 3)")
     args = ap.parse_args(argv)
     rows = []
     if args.only in (None, "cohort"):
         rows += bench_cohort(args.patients, args.workers, args.keep)
     if args.only in (None, "preprocess"):
         rows += bench_preprocess(args.studies, args.workers)
+    if args.only in (None, "training"):
+        from spinemet.common.models import MODELS
+
+        rows += bench_training(list(MODELS), 753, args.epochs, args.workers)
     from rich.console import Console
     from rich.table import Table
 

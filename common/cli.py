@@ -140,11 +140,14 @@ from .cli_dicom import inspect_command, validate_command  # noqa: E402  (imports
 app.command("inspect")(inspect_command)
 app.command("validate")(validate_command)
 
-from .cli_train import models_command, predict_command, train_command  # noqa: E402
+from .cli_train import (evaluate_command, models_command, predict_command,  # noqa: E402
+                        summarise_command, train_command)
 
 app.command("models")(models_command)
 app.command("train")(train_command)
 app.command("predict")(predict_command)
+app.command("evaluate")(evaluate_command)
+app.command("summarise")(summarise_command)
 
 
 def main() -> None:

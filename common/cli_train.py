@@ -60,8 +60,12 @@ def train_command(
     overwrite: Annotated[bool, typer.Option(help="Write into a run folder that already holds "
                                                  "a model.")] = False,
 ) -> None:
-    """Centralized training: preprocess, split 80/20 by patient, train, evaluate once on the
-    test patients, write the run folder with Table 1 and the confusion matrix."""
+    """Centralized training on one cohort, with Table 1 and the confusion matrix.
+
+    Preprocesses (cached), splits 80/20 by patient, takes a validation slice of the training
+    patients for model selection and calibration, trains, evaluates once on the test
+    patients and writes RUN/ (model.pt, metrics.json, report.md, plots, history.csv).
+    """
     import logging
 
     from rich.table import Table
@@ -157,3 +161,94 @@ def predict_command(
                 console.print(f"[yellow]{p.source}[/yellow]: {p.error}")
     if any(p.label is None for p in preds):
         raise typer.Exit(1)
+
+
+def evaluate_command(
+    model: Annotated[Path, typer.Option("--model", "-m", help="RUN/model.pt of `spinemet "
+                                                                "train`.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Folder of labelled DICOM studies: "
+                                                              "every one is a test study.")],
+    cache: Annotated[Optional[Path], typer.Option(help="Preprocessing cache \\[default: "
+                                                       "DATA/../<DATA name>-cache].")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="labels.csv \\[default: "
+                                                        "DATA/labels.csv].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the metrics here (JSON) "
+                                                     "\\[default: next to the model, "
+                                                     "extra_metrics.json].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Preprocessing processes.")] = None,
+) -> None:
+    """Score a trained model on every labelled study of another cohort.
+
+    For example a large extra test cohort drawn from another seed: the 189-patient test
+    split moves by 0.53 points per patient.
+    """
+    from .cli import _progress, console
+    from .cohort.writer import read_labels
+    from .training.artifacts import ModelMismatch
+
+    from ..simulations.external import evaluate_model
+
+    labels = labels or data / "labels.csv"
+    try:
+        rows = read_labels(labels)
+    except (OSError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot read labels {labels}: {exc}")
+        raise typer.Exit(2)
+    cache = cache or data.resolve().parent / f"{data.resolve().name}-cache"
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            m = evaluate_model(model, data, cache, rows, workers, report)
+        except ModelMismatch as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2)
+    out = out or model.parent / "extra_metrics.json"
+    out.write_text(json.dumps(m, indent=2) + "\n")
+    lo, hi = m["accuracy_ci95"]
+    print(f"{data}: accuracy {m['accuracy']:.4f} (95 % CI {lo:.4f}-{hi:.4f}, n = {m['n_test']}), "
+          f"macro F1 {m['macro_f1']:.4f}; confusion {m['confusion_matrix']}; written to {out}")
+
+
+def summarise_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of `spinemet train`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """One Markdown table over several training runs (e.g. five seeds).
+
+    Accuracy with its interval, macro F1, AUC, the extra cohort's accuracy; mean and SD per
+    model.
+    """
+    import numpy as np
+
+    from ..simulations.external import summarise_runs
+
+    rows = summarise_runs(runs)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"   # noqa: E731
+    print("| model | seed | test accuracy % (95 % CI) | macro F1 | AUC | extra cohort accuracy % "
+          "(95 % CI, n) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ci = f" ({pct(r['ci95'][0])}-{pct(r['ci95'][1])})" if r["ci95"] else ""
+        eci = (f" ({pct(r['extra_ci95'][0])}-{pct(r['extra_ci95'][1])}, {r['extra_n']})"
+               if r["extra_ci95"] else "")
+        print(f"| {r['model']} | {r['seed']} | {pct(r['accuracy'])}{ci} | {r['macro_f1']:.4f} | "
+              f"{r['auc_macro']:.4f} | {pct(r['extra_accuracy'])}{eci} |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        acc = [r["accuracy"] for r in rows if r["model"] == model]
+        ext = [r["extra_accuracy"] for r in rows if r["model"] == model
+               and r["extra_accuracy"] is not None]
+        line = f"| {model} | mean +- SD over {len(acc)} | {pct(np.mean(acc))} +- {pct(np.std(acc, ddof=1) if len(acc) > 1 else 0)} | | |"
+        if ext:
+            line += f" {pct(np.mean(ext))} +- {pct(np.std(ext, ddof=1) if len(ext) > 1 else 0)} |"
+        else:
+            line += " - |"
+        print(line)

@@ -35,6 +35,7 @@ from ..common.training.artifacts import save_model
 from ..common.training.fit import fit
 from ..common.training.loop import Tensors, evaluate, load_tensors
 from ..common.training.protocol import TrainConfig, validation_split
+from .errors import error_analysis
 from .report import write_run_report
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,9 @@ def train_centralized(data: Path, cache: Path, out: Path, config: TrainConfig,
             json.dumps(pipeline.params(), default=list))},
         "trained_on": {"data": str(Path(data).resolve()), "n_fit": len(fit_set),
                        "n_validation": len(val), "n_test": len(test)}})
+    analysis = error_analysis(data, test.patient_ids, test.y.numpy(), proba.argmax(1))
+    if analysis is not None:
+        metrics["error_analysis"] = analysis
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_run_report(out, metrics, result.history, config, result.best_epoch,
                      data=str(data), version=__version__)

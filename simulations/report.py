@@ -9,6 +9,7 @@ from ..common.reporting import (PAPER_ACCURACY, confusion_markdown, paper_incons
                                 plot_confusion_matrix, plot_learning_curve, table1_markdown,
                                 write_history_csv)
 from ..common.training.protocol import TrainConfig
+from .errors import errors_markdown
 
 
 def _pct(x: float) -> str:
@@ -58,11 +59,13 @@ def write_run_report(out: Path, metrics: dict, history: list[dict], config: Trai
         "",
         "Per-epoch numbers: `history.csv`.",
         "",
-        "## Training protocol",
-        "",
-        "| setting | value |",
-        "|---|---|",
     ]
+    if metrics.get("error_analysis"):
+        lines += ["## Errors against the ground truth", "",
+                  "The synthetic cohort's ground truth says what each misclassified test "
+                  "patient carries (metastases, their size and contrast, benign mimics):", "",
+                  errors_markdown(metrics["error_analysis"]), ""]
+    lines += ["## Training protocol", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in config.to_dict().items()]
     lines += ["", "## The paper's own numbers", "",
               "Read beside Table 1 above: the seed paper's figures do not all follow from "

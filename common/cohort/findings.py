@@ -33,32 +33,41 @@ MIMIC_KINDS = ("haemangioma", "modic1", "modic2", "schmorl", "wedge_fracture")
 
 @dataclass(frozen=True)
 class Difficulty:
-    """How hard the cohort is, from the images alone (never from labels)."""
+    """How hard the cohort is, from the images alone (never from labels).
+
+    ``level`` runs from 0 (textbook: mild lesions 12-18 mm and fully conspicuous, few mimics,
+    apparent cases with many lesions) to 1 (mild lesions 5-14 mm, some barely brighter than
+    marrow, a mimic of each kind in about a quarter of the patients, a third of the
+    apparent cases with only two lesions and one advanced sign). Every range moves linearly
+    with ``level``. The cohort's default is the level tuned so that the paper's CNN lands
+    near the paper's accuracy (:data:`spinemet.common.cohort.spec.DEFAULT_DIFFICULTY`).
+    """
 
     level: float = 0.5
 
     @property
     def conspicuity(self) -> tuple[float, float]:
         """Range of a metastasis's contrast against marrow (1 = textbook)."""
-        return (1.0 - 0.75 * self.level, 1.0)
+        return (1.0 - 0.4 * self.level, 1.0)
 
     @property
     def mild_diameter(self) -> tuple[float, float]:
-        return (5.0, 10.0 + 8.0 * self.level)
+        """Diameter range (mm) of a mild case's lesions."""
+        return (12.0 - 7.0 * self.level, 18.0 - 4.0 * self.level)
 
     @property
     def apparent_diameter(self) -> tuple[float, float]:
-        return (8.0 - 2.0 * self.level, 26.0)
+        return (8.0 - 1.0 * self.level, 26.0)
 
     @property
     def subtle_apparent(self) -> float:
         """Chance that an apparent case shows only two lesions and one advanced sign."""
-        return 0.15 + 0.4 * self.level
+        return 0.15 + 0.2 * self.level
 
     @property
     def mimic_rate(self) -> float:
         """Chance of each kind of mimic per patient."""
-        return 0.12 + 0.3 * self.level
+        return 0.06 + 0.21 * self.level
 
 
 @dataclass

@@ -16,17 +16,25 @@ What the paper leaves open, and the choice made here:
   3-D to 2-D but does not say into how many channels; C1's filters span all four.
 * Kernels: 5 x 5 with 2 pixels of zero padding, LeNet-5's size. At 1.6 mm a 5 x 5 kernel
   spans 8 mm: a small metastasis (5-10 mm) fills about one receptive field of C1.
-* Pooling: 2 x 2 max pooling, stride 2. LeNet-5 subsamples by averaging; the paper only says
-  "pooling". Averaging a 3-pixel lesion with its marrow halves its contrast at each stage;
-  the maximum keeps it.
+* Pooling: max pooling. S2 pools 2 x 2 with stride 2 (LeNet-5). LeNet-5 subsamples by
+  averaging; the paper only says "pooling", and averaging a 3-pixel lesion with its marrow
+  halves its contrast at each stage, the maximum keeps it. S4 pools each C3 map to a 6 x 2
+  grid (``s4_grid``; cells of 15 x 13 pixels, 24 x 21 mm: about one vertebral level by half
+  the depth of the spine). LeNet-5's S4 also leaves a small grid (5 x 5 on 32 x 32 digits);
+  on our 180 x 52 input the 2 x 2 pooling alone would leave 45 x 13 positions, and an FC
+  layer with a separate weight for every position cannot learn from some 750 patients that
+  a lesion means the same at every level (measured on the tuning cohorts: it stays at
+  chance).
 * C3 width: 16 maps, LeNet-5's C3.
 * FC: one hidden fully connected layer of 84 units with a sigmoid (LeNet-5's F6) before the
   3-way output layer; the paper's figure shows a fully connected stage between the flattened
   S4 maps and the softmax output.
 * Softmax: the model returns logits; softmax is applied by the loss (cross-entropy) in
   training and explicitly at inference (:func:`spinemet.common.models.probabilities`).
-* Initialisation: PyTorch's defaults (Kaiming-uniform fan-in), which keep sigmoid units
-  out of saturation at these fan-ins.
+* Initialisation: Glorot-uniform with gain 4, the scaling Glorot and Bengio (2010) derive
+  for the logistic sigmoid (its slope at 0 is 1/4); biases zero. With PyTorch's default
+  (fan-in uniform, about 7x smaller) the sigmoid layers pass almost no gradient and SGD
+  stays at chance for tens of epochs on the tuning cohorts.
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ class PaperCNN(nn.Module):
 
     def __init__(self, in_channels: int = 4, num_classes: int = 3,
                  input_hw: tuple[int, int] = (180, 52), c1_maps: int = 3, c3_maps: int = 16,
-                 fc_width: int = 84, kernel: int = 5, s4_grid: tuple[int, int] | None = (9, 3)):
+                 fc_width: int = 84, kernel: int = 5, s4_grid: tuple[int, int] | None = (6, 2),
+                 init_gain: float = 4.0):
         super().__init__()
         pad = kernel // 2
         self.c1 = nn.Conv2d(in_channels, c1_maps, kernel, padding=pad, bias=True)
@@ -54,6 +63,9 @@ class PaperCNN(nn.Module):
             h, w = s4_grid
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c3_maps * h * w, fc_width), nn.Sigmoid())
         self.out = nn.Linear(fc_width, num_classes)
+        for layer in (self.c1, self.c3, self.fc[1], self.out):
+            nn.init.xavier_uniform_(layer.weight, gain=init_gain)
+            nn.init.zeros_(layer.bias)
 
     @property
     def cam_layer(self) -> nn.Module:
