@@ -6,8 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= data/cohort
 CACHE  ?= data/cache
+RUNS   ?= runs
+EXTRA  ?= data/extra
+EXTRA_PATIENTS ?= 1000
+EXTRA_SEED     ?= 1000
+SEEDS  ?= 0 1 2 3 4
+MODELS ?= paper resnet-gn
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench reproduce clean
 
 $(VENV)/.setup-stamp: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +25,19 @@ setup: $(VENV)/.setup-stamp
 
 run: setup
 	$(BIN)/spinemet cohort --out $(DATA)
-	$(BIN)/spinemet preprocess --data $(DATA) --cache $(CACHE)
+	$(BIN)/spinemet train --data $(DATA) --cache $(CACHE) --out $(RUNS)/paper --overwrite
+
+# The README's calibration table: each model over five training seeds on the default cohort,
+# each run also scored on a large extra cohort drawn from another seed.
+reproduce: setup
+	$(BIN)/spinemet cohort --out $(DATA)
+	$(BIN)/spinemet cohort --out $(EXTRA) --patients $(EXTRA_PATIENTS) --seed $(EXTRA_SEED) --no-preview
+	for m in $(MODELS); do for s in $(SEEDS); do \
+	  $(BIN)/spinemet train --data $(DATA) --cache $(CACHE) --model $$m --seed $$s \
+	    --out $(RUNS)/$$m-seed$$s --overwrite && \
+	  $(BIN)/spinemet evaluate --model $(RUNS)/$$m-seed$$s/model.pt --data $(EXTRA) \
+	    --cache $(EXTRA)-cache || exit 1; done; done
+	$(BIN)/spinemet summarise $(foreach m,$(MODELS),$(foreach s,$(SEEDS),$(RUNS)/$(m)-seed$(s)))
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15

@@ -117,7 +117,7 @@ from spinemet.common.training.protocol import TrainConfig, class_weights
 model_name, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(int(sys.argv[4]))
 g = torch.Generator().manual_seed(0)
-x = torch.rand((n, 4, 180, 52), generator=g)        # speed does not depend on the content
+x = torch.rand((n, 5, 180, 52), generator=g)        # speed does not depend on the content
 y = torch.arange(n) % 3
 data = Tensors(x, y, [str(i) for i in range(n)], ["a"] * n)
 cfg = TrainConfig.for_model(model_name)

@@ -16,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from . import __version__
+from .cohort.spec import DEFAULT_DIFFICULTY
 
 app = typer.Typer(
     name="spinemet",
@@ -50,6 +51,30 @@ def _progress() -> Progress:
                     disable=not console.is_terminal and os.environ.get("SPINEMET_PROGRESS") != "1")
 
 
+def labels_or_exit(path: Path) -> list[dict]:
+    """The rows of a labels CSV, or a clear error naming the file and exit code 2."""
+    from .cohort.writer import read_labels
+
+    try:
+        return read_labels(path)
+    except (OSError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot read labels {path}: {exc}. Expected a CSV with "
+                      "columns patient_id, study_uid, label, label_name, site")
+        raise typer.Exit(2)
+
+
+def stage_reporter(bar: Progress):
+    """A ``progress(stage, done, total)`` callback: one bar per stage."""
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return report
+
+
 @app.command()
 def cohort(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the cohort into.")],
@@ -59,8 +84,9 @@ def cohort(
     seed: Annotated[int, typer.Option(help="Cohort seed: same seed, same files.")] = 0,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes \\[default: all "
                                                          "cores].")] = None,
-    difficulty: Annotated[float, typer.Option(help="Image difficulty 0..1 (lesion "
-                                                    "conspicuity, size overlap, mimics).")] = 0.5,
+    difficulty: Annotated[float, typer.Option(help="Image difficulty 0..1 (lesion size and "
+                                                    "conspicuity, mimics); the default is "
+                                                    "the calibrated one.")] = DEFAULT_DIFFICULTY,
     preview: Annotated[bool, typer.Option("--preview/--no-preview",
                                           help="Also write montage PNGs to OUT/preview.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a cohort made with other "

@@ -29,8 +29,7 @@ def preprocess_command(
     """
     from rich.table import Table
 
-    from .cli import _progress, console
-    from .cohort.writer import read_labels
+    from .cli import _progress, console, labels_or_exit, stage_reporter
     from .preprocess.pipeline import default_pipeline
     from .preprocess.runner import preprocess
 
@@ -44,20 +43,9 @@ def preprocess_command(
     labels = labels or (data / "labels.csv" if (data / "labels.csv").exists() else None)
     rows = None
     if labels is not None:
-        try:
-            rows = read_labels(labels)
-        except (OSError, KeyError, ValueError) as exc:
-            console.print(f"[red]error:[/red] cannot read labels {labels}: {exc}. Expected "
-                          "columns patient_id, study_uid, label, label_name, site")
-            raise typer.Exit(2)
+        rows = labels_or_exit(labels)
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        report = stage_reporter(bar)
         summary = preprocess(data, cache, rows, pipeline, workers, report)
     table = Table(title=f"preprocess {data}", show_header=False)
     table.add_row("studies found", str(summary.studies))

@@ -70,8 +70,7 @@ def train_command(
 
     from rich.table import Table
 
-    from .cli import _progress, console
-    from .cohort.writer import read_labels
+    from .cli import _progress, console, labels_or_exit, stage_reporter
     from .training.protocol import TrainConfig
 
     if not data.is_dir():
@@ -81,13 +80,7 @@ def train_command(
         console.print(f"[red]error:[/red] {out / 'model.pt'} exists: choose another --out or "
                       "pass --overwrite")
         raise typer.Exit(2)
-    labels = labels or data / "labels.csv"
-    try:
-        rows = read_labels(labels)
-    except (OSError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] cannot read labels {labels}: {exc}. Expected columns "
-                      "patient_id, study_uid, label, label_name, site")
-        raise typer.Exit(2)
+    rows = labels_or_exit(labels or data / "labels.csv")
     try:
         config = TrainConfig.for_model(model, epochs=epochs, lr=lr, batch_size=batch_size,
                                        seed=seed, split_seed=split_seed, augment=augment)
@@ -97,13 +90,7 @@ def train_command(
     from ..simulations.centralized import train_centralized
 
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        report = stage_reporter(bar)
         try:
             result = train_centralized(data, cache, out, config, rows, workers, report)
         except ValueError as exc:
@@ -182,27 +169,15 @@ def evaluate_command(
     For example a large extra test cohort drawn from another seed: the 189-patient test
     split moves by 0.53 points per patient.
     """
-    from .cli import _progress, console
-    from .cohort.writer import read_labels
+    from .cli import _progress, console, labels_or_exit, stage_reporter
     from .training.artifacts import ModelMismatch
 
     from ..simulations.external import evaluate_model
 
-    labels = labels or data / "labels.csv"
-    try:
-        rows = read_labels(labels)
-    except (OSError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] cannot read labels {labels}: {exc}")
-        raise typer.Exit(2)
+    rows = labels_or_exit(labels or data / "labels.csv")
     cache = cache or data.resolve().parent / f"{data.resolve().name}-cache"
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+        report = stage_reporter(bar)
         try:
             m = evaluate_model(model, data, cache, rows, workers, report)
         except ModelMismatch as exc:

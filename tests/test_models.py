@@ -14,18 +14,19 @@ from spinemet.common.models import (CLASS_NAMES, MODELS, build_model, parameter_
                                     probabilities)
 from spinemet.common.models.paper import PaperCNN
 
-SHAPE = (4, 180, 52)
+SHAPE = (5, 180, 52)
 
 
 def test_paper_cnn_has_the_layers_the_paper_names():
     m = build_model("paper", SHAPE)
     assert isinstance(m, PaperCNN)
     # C1: three trained filters plus bias over all input channels
-    assert m.c1.out_channels == 3 and m.c1.in_channels == 4 and m.c1.bias is not None
+    assert m.c1.out_channels == 3 and m.c1.in_channels == 5 and m.c1.bias is not None
     assert m.c1.weight.requires_grad
     # S2 and S4: sigmoid then pooling
-    for s in (m.s2, m.s4):
-        assert isinstance(s[0], nn.Sigmoid) and isinstance(s[1], nn.MaxPool2d)
+    assert isinstance(m.s2[0], nn.Sigmoid) and isinstance(m.s2[1], nn.MaxPool2d)
+    assert isinstance(m.s4[0], nn.Sigmoid) and isinstance(m.s4[1], nn.AdaptiveMaxPool2d)
+    assert m.s4[1].output_size == (6, 2)          # the S4 grid (see the module's notes)
     assert m.c3.in_channels == 3
     # flatten -> FC -> 3-way output; no ReLU or normalisation anywhere
     assert m.out.out_features == len(CLASS_NAMES) == 3
@@ -35,6 +36,8 @@ def test_paper_cnn_has_the_layers_the_paper_names():
     c1 = m.c1(x)
     assert c1.shape == (5, 3, 180, 52)          # 3 feature maps at full resolution
     assert m.s2(c1).shape == (5, 3, 90, 26)      # pooled by 2
+    assert m.s4(m.c3(m.s2(c1))).shape == (5, 16, 6, 2)
+    assert m.fc[1].in_features == 16 * 6 * 2 and m.fc[1].out_features == 84
     assert m(x).shape == (5, 3)
 
 

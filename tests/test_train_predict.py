@@ -78,7 +78,7 @@ def test_model_file_carries_what_prediction_checks(run):
     out, _ = run
     blob = torch.load(out / "model.pt", weights_only=True)
     meta = blob["meta"]
-    assert meta["model"] == "paper" and meta["input_shape"] == [4, 180, 52]
+    assert meta["model"] == "paper" and meta["input_shape"] == [5, 180, 52]
     assert meta["preprocessing"]["hash"] == default_pipeline().hash()
     assert meta["config"]["epochs"] == EPOCHS and 1 <= meta["best_epoch"] <= EPOCHS
     assert meta["class_names"] == ["normal", "mild", "apparent"]

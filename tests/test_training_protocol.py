@@ -20,7 +20,7 @@ from spinemet.common.training.protocol import (TrainConfig, class_weights, lr_at
                                                validation_split)
 from spinemet.common.dataset import split_patients
 
-SHAPE = (4, 180, 52)
+SHAPE = (5, 180, 52)
 
 
 def test_learning_rate_follows_the_global_epoch():

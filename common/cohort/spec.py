@@ -17,6 +17,12 @@ CLASS_NAMES: tuple[str, str, str] = ("normal", "mild", "apparent")
 PAPER_CLASS_COUNTS: tuple[int, int, int] = (305, 320, 316)
 
 
+# Tuned on cohorts of other seeds (100-102) so that the paper's CNN lands near the paper's
+# accuracy, then frozen (README, "Calibrating the cohort"): 0 is the easiest end of the
+# range and the paper's CNN reaches 92-93 % there.
+DEFAULT_DIFFICULTY = 0.0
+
+
 @dataclass(frozen=True)
 class CohortSpec:
     """Settings that define a cohort. The same spec always yields the same files."""
@@ -24,7 +30,7 @@ class CohortSpec:
     patients: int = 941
     sites: int = 5
     seed: int = 0
-    difficulty: float = 0.5
+    difficulty: float = DEFAULT_DIFFICULTY
 
     def __post_init__(self) -> None:
         if self.patients < 3:

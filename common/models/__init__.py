@@ -32,7 +32,7 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, int, int] = (4, 180, 52),
+def build_model(name: str, input_shape: tuple[int, int, int] = (5, 180, 52),
                 num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     """A freshly initialised model (seed torch beforehand for reproducible weights)."""
     if name not in MODELS:

@@ -11,9 +11,10 @@ What the paper states, kept exactly:
 
 What the paper leaves open, and the choice made here:
 
-* Input: the study's 2-D image from the preprocessing (4 channels: T1, T2, STIR slab means
-  and the STIR maximum over the vertebral width; 180 x 52 pixels of 1.6 mm). The paper maps
-  3-D to 2-D but does not say into how many channels; C1's filters span all four.
+* Input: the study's 2-D image from the preprocessing (5 channels: T1, T2, STIR slab means,
+  the STIR maximum over the vertebral width and beside the canal; 180 x 52 pixels of
+  1.6 mm). The paper maps 3-D to 2-D but does not say into how many channels; C1's filters
+  span all five.
 * Kernels: 5 x 5 with 2 pixels of zero padding, LeNet-5's size. At 1.6 mm a 5 x 5 kernel
   spans 8 mm: a small metastasis (5-10 mm) fills about one receptive field of C1.
 * Pooling: max pooling. S2 pools 2 x 2 with stride 2 (LeNet-5). LeNet-5 subsamples by
@@ -46,7 +47,7 @@ from torch import nn
 class PaperCNN(nn.Module):
     """C1 (3 maps) - S2 (sigmoid, pool) - C3 (16 maps) - S4 (sigmoid, pool) - FC - softmax."""
 
-    def __init__(self, in_channels: int = 4, num_classes: int = 3,
+    def __init__(self, in_channels: int = 5, num_classes: int = 3,
                  input_hw: tuple[int, int] = (180, 52), c1_maps: int = 3, c3_maps: int = 16,
                  fc_width: int = 84, kernel: int = 5, s4_grid: tuple[int, int] | None = (6, 2),
                  init_gain: float = 4.0):

@@ -39,7 +39,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResNetGN(nn.Module):
-    def __init__(self, in_channels: int = 4, num_classes: int = 3,
+    def __init__(self, in_channels: int = 5, num_classes: int = 3,
                  input_hw: tuple[int, int] = (180, 52), widths: tuple[int, ...] = (24, 48, 96),
                  dropout: float = 0.2):
         super().__init__()

@@ -2,7 +2,7 @@
 
 Lesions are not all on the midline: pedicles lie 15-20 mm off it and focal lesions anywhere
 in a 45-50 mm wide vertebral body. One mid-sagittal slice would miss them, so the tensor has
-four channels:
+five channels:
 
 ====  ==================================================================================
 0     T1, mean of the mid-sagittal slab (|x - mid| <= ``mid_half_mm``)
@@ -10,7 +10,11 @@ four channels:
 2     STIR, mean of the mid-sagittal slab
 3     STIR, maximum over the vertebral width (|x - mid| <= ``width_half_mm``): tumour,
       oedema and fluid are STIR-bright and fat is nulled, so a lesion anywhere across the
-      bodies, pedicles and posterior elements shows up
+      bodies and posterior elements shows up
+4     STIR, maximum beside the canal (``lateral_inner_mm`` <= |x - mid| <= ``width_half_mm``):
+      the pedicles sit level with the canal, so in channel 3 the CSF's own STIR signal
+      covers a pedicle lesion; without the canal's 10 mm either side of the midline it
+      stands out against the fat-suppressed pedicle marrow and the foraminal fat
 ====  ==================================================================================
 
 Each row is resampled so that the canal centre line sits at a fixed column (a curved planar
@@ -28,7 +32,8 @@ from scipy import ndimage
 
 from .pipeline import StudyImage
 
-CHANNELS = ("T1 mid-sagittal", "T2 mid-sagittal", "STIR mid-sagittal", "STIR max over width")
+CHANNELS = ("T1 mid-sagittal", "T2 mid-sagittal", "STIR mid-sagittal", "STIR max over width",
+            "STIR max beside the canal")
 
 
 @dataclass
@@ -37,6 +42,7 @@ class ProjectTo2D:
 
     mid_half_mm: float = 3.0
     width_half_mm: float = 25.0
+    lateral_inner_mm: float = 10.0
 
     def straight_coordinates(self, study: StudyImage) -> tuple[np.ndarray, np.ndarray]:
         """(row, column) indices into the box for every output pixel."""
@@ -71,23 +77,26 @@ class ProjectTo2D:
                   (np.abs(pts[:, 0] - study.spine.mid_x) <= self.width_half_mm))
         return r, c, inside
 
-    def slab(self, study: StudyImage, seq: str, half_mm: float) -> np.ndarray:
-        """Indices into the sequence's crop of the slices within ``half_mm`` of the midline."""
+    def slab(self, study: StudyImage, seq: str, half_mm: float, inner_mm: float = -1.0
+             ) -> np.ndarray:
+        """Indices into the sequence's crop of the slices within ``half_mm`` of the midline
+        (and at least ``inner_mm`` from it)."""
         x = study.crop_x(seq)
-        sel = np.flatnonzero(np.abs(x - study.spine.mid_x) <= half_mm + 1e-6)
+        off = np.abs(x - study.spine.mid_x)
+        sel = np.flatnonzero((off <= half_mm + 1e-6) & (off >= inner_mm - 1e-6))
         if sel.size == 0:
-            sel = np.array([int(np.argmin(np.abs(x - study.spine.mid_x)))])
+            sel = np.array([int(np.argmin(np.abs(off - max(inner_mm, 0.0))))])
         return sel
 
     def __call__(self, study: StudyImage) -> StudyImage:
         rr, cc = self.straight_coordinates(study)
 
-        def straighten(seq: str, half_mm: float) -> np.ndarray | None:
+        def straighten(seq: str, half_mm: float, inner_mm: float = -1.0) -> np.ndarray | None:
             if seq not in study.crop:
                 return None
             vol = study.crop[seq]
             return np.stack([ndimage.map_coordinates(vol[k], [rr, cc], order=1, mode="nearest")
-                             for k in self.slab(study, seq, half_mm)])
+                             for k in self.slab(study, seq, half_mm, inner_mm)])
 
         out = np.zeros((len(CHANNELS), study.reformat.rows, study.reformat.cols), np.float32)
         missing = []
@@ -100,6 +109,7 @@ class ProjectTo2D:
         wide_stir = straighten("STIR", self.width_half_mm)
         if wide_stir is not None:
             out[3] = wide_stir.max(axis=0)
+            out[4] = straighten("STIR", self.width_half_mm, self.lateral_inner_mm).max(axis=0)
         study.image = out
         study.note("ProjectTo2D", shape=list(out.shape), missing=missing)
         return study

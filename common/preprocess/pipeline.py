@@ -32,7 +32,7 @@ import numpy as np
 from .volume import Box, Volume
 
 SEQUENCES = ("T1", "T2", "STIR")
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Saved as a plain dict of tensors and JSON-like metadata, so it loads with
 ``torch.load(path, weights_only=True)`` (no pickled code runs)::
 
-    {"state_dict": {...}, "meta": {"format": 1, "model": "paper", "input_shape": [4, 180, 52],
+    {"state_dict": {...}, "meta": {"format": 1, "model": "paper", "input_shape": [5, 180, 52],
      "class_names": [...], "temperature": 1.3, "preprocessing": {"hash": ..., "params": ...},
      "spinemet_version": "0.1.0", "config": {...}, "best_epoch": 41, ...}}
 

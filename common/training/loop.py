@@ -1,6 +1,6 @@
 """The training and evaluation loops every party runs (centralized, Flower client, server).
 
-Data are small (a study is a 4 x 180 x 52 float32 tensor, 150 kB; 941 studies 141 MB), so a
+Data are small (a study is a 5 x 180 x 52 float32 tensor, 187 kB; 941 studies 176 MB), so a
 party loads its studies into one tensor once (:func:`load_tensors`) and batches are index
 selections of it: no DataLoader workers, nothing to decode per epoch.
 """
