@@ -23,6 +23,7 @@ app = typer.Typer(
     help="SpineMet-FL: federated spinal-metastasis classification on spine MRI.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,   # locals may hold paths or header values
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)

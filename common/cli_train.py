@@ -201,8 +201,14 @@ def summarise_command(
     """
     import numpy as np
 
+    from .cli import console
     from ..simulations.external import summarise_runs
 
+    unfinished = [r for r in runs if not (r / "metrics.json").is_file()]
+    if unfinished:
+        console.print(f"[red]error:[/red] no metrics.json in {', '.join(map(str, unfinished))}: "
+                      "not a finished `spinemet train` run folder")
+        raise typer.Exit(2)
     rows = summarise_runs(runs)
     if as_json:
         print(json.dumps(rows, indent=2))
