@@ -99,7 +99,7 @@ def test_each_model_learns_a_lesion_like_signal(name):
     m = build_model(name, SHAPE)
     opt = torch.optim.SGD(m.parameters(), lr=0.05 if name == "resnet-gn" else 0.2,
                           momentum=0.9)
-    for _ in range(15 if name == "resnet-gn" else 40):
+    for _ in range(15 if name == "resnet-gn" else 80):
         for b in range(0, n, 16):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(m(x[b:b + 16]), y[b:b + 16]).backward()
