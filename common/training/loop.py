@@ -8,7 +8,7 @@ selections of it: no DataLoader workers, nothing to decode per epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,6 +115,3 @@ def make_augment(config: TrainConfig) -> Augment | None:
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-
-def stack_indices(ids: Sequence[str], wanted: set[str]) -> np.ndarray:
-    return np.array([p in wanted for p in ids], bool)
