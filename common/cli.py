@@ -176,6 +176,10 @@ app.command("predict")(predict_command)
 app.command("evaluate")(evaluate_command)
 app.command("summarise")(summarise_command)
 
+from .cli_certs import certs_app  # noqa: E402
+
+app.add_typer(certs_app, name="certs")
+
 
 def main() -> None:
     app()

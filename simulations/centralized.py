@@ -23,18 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from ..common import __version__
-from ..common.dataset import SpineDataset
 from ..common.metrics import classification_metrics
 from ..common.models import parameter_count, probabilities
 from ..common.preprocess.pipeline import Pipeline, default_pipeline
 from ..common.preprocess.runner import preprocess
 from ..common.training.artifacts import save_model
 from ..common.training.fit import fit
-from ..common.training.loop import Tensors, evaluate, load_tensors
-from ..common.training.protocol import TrainConfig, validation_split
+from ..common.training.loop import Tensors, evaluate
+from ..common.training.data import split_tensors
+from ..common.training.protocol import TrainConfig
 from .errors import error_analysis
 from .report import write_run_report
 
@@ -59,23 +57,6 @@ def prepare_data(data: Path, cache: Path, rows: list[dict] | None, workers: int 
         log.warning("%d studies failed preprocessing and are left out (see `spinemet "
                     "preprocess` for the reasons)", len(summary.failed))
     return summary
-
-
-def split_tensors(cache: Path, pipeline_hash: str, config: TrainConfig,
-                  progress: Progress | None = None) -> tuple[Tensors, Tensors, Tensors]:
-    """(fit, validation, test) tensors of the pooled cohort."""
-    kw = dict(seed=config.split_seed, test_fraction=config.test_fraction,
-              pipeline_hash=pipeline_hash)
-    train_ds, test_ds = SpineDataset(cache, split="train", **kw), SpineDataset(cache, split="test", **kw)
-    n = len(train_ds) + len(test_ds)
-    train = load_tensors(train_ds, progress and (lambda d, t: progress("loading tensors", d, n)))
-    test = load_tensors(test_ds, progress and (lambda d, t: progress("loading tensors",
-                                                                     len(train_ds) + d, n)))
-    rows = [{"patient_id": e["patient_id"], "label": e["label"], "site": e["site"]}
-            for e in train_ds.entries]
-    side = validation_split(rows, config.val_fraction, config.split_seed)
-    is_fit = np.array([side[p] == "fit" for p in train.patient_ids])
-    return train.subset(is_fit), train.subset(~is_fit), test
 
 
 def write_split(path: Path, fit_set: Tensors, val: Tensors, test: Tensors, config: TrainConfig

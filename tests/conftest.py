@@ -112,3 +112,14 @@ def eroded(mask2d: np.ndarray, iterations: int = 1) -> np.ndarray:
     if iterations <= 0:
         return mask2d
     return ndimage.binary_erosion(mask2d, iterations=iterations)
+
+
+@pytest.fixture(scope="session")
+def small_cache(small_cohort, tmp_path_factory) -> Path:
+    """The small cohort preprocessed once (one cache for all its sites)."""
+    from spinemet.common.preprocess.runner import preprocess
+
+    cache = tmp_path_factory.mktemp("small-cache") / "cache"
+    summary = preprocess(small_cohort.path, cache, small_cohort.labels, workers=WORKERS)
+    assert not summary.failed, summary.failed
+    return cache

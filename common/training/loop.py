@@ -59,8 +59,12 @@ def load_tensors(dataset, progress: Callable[[int, int], None] | None = None) ->
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensors,
                 config: TrainConfig, epoch: int, weights: torch.Tensor | None = None,
-                augment: Augment | None = None) -> dict:
+                augment: Augment | None = None,
+                penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> dict:
     """One epoch of SGD at the schedule's rate for global epoch ``epoch``.
+
+    ``penalty(model)`` is added to each batch's loss (FedProx's proximal term); the reported
+    loss is the data term alone.
 
     Returns {'loss': mean weighted training loss, 'accuracy': on the augmented batches,
     'lr': rate used, 'n': examples}."""
@@ -79,7 +83,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
         optimizer.zero_grad(set_to_none=True)
         logits = model(xb)
         loss = F.cross_entropy(logits, yb, weight=weights)
-        loss.backward()
+        (loss + penalty(model) if penalty is not None else loss).backward()
         optimizer.step()
         total += float(loss.detach()) * len(idx)
         correct += int((logits.argmax(1) == yb).sum())

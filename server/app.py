@@ -1,0 +1,82 @@
+"""The SpineMet ServerApp: the coordinator's side of a run, under ``flwr run``,
+``flower-server`` and the simulation engine alike.
+
+It reads its settings from the run config (:mod:`.settings`), runs the round loop
+(:mod:`.rounds`), and writes the run folder (:mod:`.outputs`). A failure is written to
+``RUN/status.json`` and re-raised, so Flower marks the run failed too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from .outputs import append_round, write_final, write_status
+from .rounds import Coordinator, FederationError
+from .settings import Settings
+
+log = logging.getLogger("spinemet.server")
+
+app = ServerApp()
+
+
+def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
+    """The whole run; returns the final metrics."""
+    out = Path(settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    coordinator = Coordinator(grid, settings, **clock)
+    state = coordinator.initial_state()
+    write_status(out, "running", state.round, "waiting for sites")
+    try:
+        if settings.test_cache:
+            from .server_eval import load_held_out
+            coordinator.server_test = load_held_out(settings.test_cache,
+                                                    coordinator.pipeline_hash)
+        coordinator.wait_for_sites()
+        if not state.global_counts:
+            state.global_counts = coordinator.global_counts()
+        log.info("global class counts (fit patients): %s", state.global_counts)
+        for server_round in range(state.round + 1, settings.num_rounds + 1):
+            write_status(out, "running", state.round, f"round {server_round}")
+            row = coordinator.train_round(state, server_round)
+            state.history.append(row)
+            coordinator.checkpoint(state)
+            append_round(out, row)
+            log.info("round %d/%d: %d sites, train loss %.4f; round %d model: val loss %s, "
+                     "pooled test accuracy %s (%.1f s)", server_round, settings.num_rounds,
+                     row["aggregated"], row["train_loss"], row["evaluated_round"],
+                     _fmt(row.get("val_loss")), _fmt(row.get("test_accuracy")), row["seconds"])
+        metrics, temperature = coordinator.final_evaluation(state)
+        append_round(out, state.history[-1])
+        if coordinator.server_test is not None:
+            from .server_eval import evaluate_on
+            metrics["server_test"] = evaluate_on(coordinator.server_test, settings.model,
+                                                 coordinator.input_shape,
+                                                 state.best["weights"], temperature, 2000)
+        write_final(out, settings, coordinator.config, metrics, state.history, state.best,
+                    temperature, coordinator.input_shape, coordinator.pipeline_hash,
+                    coordinator.pipeline_params)
+        write_status(out, "completed", state.round,
+                     f"accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} pooled test "
+                     f"patients; selected round {state.best['round']}")
+        return metrics
+    except FederationError as exc:
+        write_status(out, "failed", state.round, str(exc))
+        log.error("%s", exc)
+        raise
+    except BaseException as exc:
+        write_status(out, "failed", state.round, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = Settings.from_run_config(dict(context.run_config))
+    run_federation(grid, settings)
