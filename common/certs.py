@@ -260,6 +260,9 @@ def parse_site_names(sites: str | Iterable[str], field: str = "sites") -> list[s
     return names
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")
+
+
 def parse_server_names(names: str | Iterable[str], field: str = "server-name"
                        ) -> list[x509.GeneralName]:
     """Subject alternative names from ``"localhost,127.0.0.1,fl.hospital.org"``.
@@ -488,7 +491,8 @@ def init_pki(out: Path, server_names: str | Sequence[str], sites: str | Sequence
         Folder to write ``ca/``, ``coordinator/`` and ``sites/`` into (created if missing).
     server_names
         Host names and IP addresses the coordinator is reached by, as ``"a,b"`` or a list;
-        they become the certificate's subject alternative names.
+        they become the certificate's subject alternative names, with ``localhost`` and
+        ``127.0.0.1`` always added (the coordinator's own processes connect on loopback).
     sites
         Site names, as ``"A,B,C"`` or a list (1-64 of ``[A-Za-z0-9_-]`` each).
     force
@@ -507,7 +511,12 @@ def init_pki(out: Path, server_names: str | Sequence[str], sites: str | Sequence
     PkiExists
         ``out`` already holds a PKI and ``force`` is false.
     """
-    sans = parse_server_names(server_names, "server-name")
+    requested = server_names.split(",") if isinstance(server_names, str) else list(server_names)
+    parse_server_names(requested, "server-name")          # refuses bad or empty names
+    # The coordinator's own processes (the SuperLink's executor, the Fleet API proxy, the
+    # Control API client of `flower-server`) reach the SuperLink on loopback and check its
+    # certificate there too.
+    sans = parse_server_names(requested + list(LOOPBACK_NAMES), "server-name")
     site_names = parse_site_names(sites, "sites")
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -34,8 +34,9 @@ def init_command(
     server_name: Annotated[str, typer.Option(
         "--server-name", metavar="NAME[,NAME|IP...]",
         help="Host names and IP addresses sites use to reach the coordinator, comma-separated "
-             "(e.g. localhost,127.0.0.1,fl.hospital.org); each becomes a DNS or IP subject "
-             "alternative name of its TLS certificate.")],
+             "(e.g. fl.hospital.org,10.0.0.5); each becomes a DNS or IP subject "
+             "alternative name of its TLS certificate. localhost and 127.0.0.1 are always "
+             "added: the coordinator's own processes connect on loopback.")],
     sites: Annotated[str, typer.Option(
         metavar="A,B,C", help="Site names, comma-separated: 1-64 letters, digits, '_' or '-' "
                               "each.")],

@@ -149,7 +149,10 @@ class Coordinator:
             return self._sample(server_round)
         k = max(self.settings.min_sites, math.ceil(self.settings.fraction_train * len(nodes)))
         rng = np.random.default_rng([self.settings.seed, server_round])
-        return sorted(rng.choice(nodes, size=min(k, len(nodes)), replace=False).tolist())
+        # indices, not ids: node ids are uint64 and numpy would turn a list of them into
+        # float64 (and Flower would reject the rounded ids)
+        picked = rng.choice(len(nodes), size=min(k, len(nodes)), replace=False)
+        return sorted(nodes[int(i)] for i in picked)
 
     # -- evaluation ------------------------------------------------------------------------
     def _scores(self, summed: dict, weights: dict[str, torch.Tensor]) -> dict:

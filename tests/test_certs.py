@@ -87,6 +87,14 @@ def test_server_certificate_holds_exactly_the_requested_sans(pki):
     assert pki.server_names == ["localhost", "127.0.0.1", "fl.hospital.org", "::1"]
 
 
+def test_loopback_names_are_always_in_the_certificate(tmp_path):
+    pki = init_pki(tmp_path / "pki", "fl.hospital.org", "A")
+    san = _cert(pki.coordinator.certificate).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["fl.hospital.org", "localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+
+
 def test_ca_is_a_path_length_zero_ca_valid_ten_years(pki):
     ca = _cert(pki.ca.certificate)
     bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)

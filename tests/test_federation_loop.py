@@ -28,8 +28,11 @@ from spinemet.server.settings import Settings
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
+BIG = 2 ** 63   # Flower's node ids are uint64: most do not fit an int64 (or a float64)
+
+
 def nodes(cache) -> dict[int, dict]:
-    return {101 + i: {"site": s, "cache-path": str(cache), "cache-site": s}
+    return {BIG + 101 + i: {"site": s, "cache-path": str(cache), "cache-site": s}
             for i, s in enumerate(SITES)}
 
 
@@ -113,7 +116,7 @@ def test_replies_carry_only_weights_counts_and_sums(completed, small_cohort):
 
 def test_error_replies_are_fixed_texts_without_paths(small_cache, tmp_path):
     grid = InProcessGrid({**nodes(small_cache),
-                          104: {"site": "hospital-d", "cache-path": str(tmp_path / "nowhere"),
+                          BIG + 104: {"site": "hospital-d", "cache-path": str(tmp_path / "nowhere"),
                                 "cache-site": "hospital-d"}})
     run_federation(grid, settings(tmp_path / "run", num_rounds=1), **no_wait())
     errors = [r for r in grid.replies if r.has_error()]
@@ -122,7 +125,7 @@ def test_error_replies_are_fixed_texts_without_paths(small_cache, tmp_path):
         assert r.error.reason.startswith(ERRORS[E_NO_DATA])
         assert str(tmp_path) not in r.error.reason and "nowhere" not in r.error.reason
     # the broken site never got a train message; the three others trained
-    assert all(m.metadata.dst_node_id != 104 for m in grid.sent
+    assert all(m.metadata.dst_node_id != BIG + 104 for m in grid.sent
                if m.metadata.message_type == "train")
     assert read_rounds(tmp_path / "run")[0]["aggregated"] == 3
 
@@ -179,17 +182,17 @@ def _forge(kind):
 @pytest.mark.parametrize("kind", ["nan", "shape", "count"])
 def test_bad_updates_are_excluded_or_capped(small_cache, tmp_path, kind, caplog):
     grid = InProcessGrid(nodes(small_cache))
-    grid.rewrite[102] = _forge(kind)
+    grid.rewrite[BIG + 102] = _forge(kind)
     run_federation(grid, settings(tmp_path / "run", num_rounds=1, min_sites=2), **no_wait())
     row = read_rounds(tmp_path / "run")[0]
     if kind == "count":
         assert row["aggregated"] == 3 and row["excluded"] == []
         assert "capped" in caplog.text
         declared = [r for r in grid.replies if r.metadata.message_type == "query.hello"
-                    and r.metadata.src_node_id == 102][0].content["metrics"]["num-examples"]
+                    and r.metadata.src_node_id == BIG + 102][0].content["metrics"]["num-examples"]
         assert row["num_examples"] == sum(
             r.content["metrics"]["num-examples"] for r in grid.replies
-            if r.metadata.message_type == "train" and r.metadata.src_node_id != 102) + declared
+            if r.metadata.message_type == "train" and r.metadata.src_node_id != BIG + 102) + declared
     else:
         assert row["aggregated"] == 2 and len(row["excluded"]) == 1
         assert ("NaN" in row["excluded"][0]) if kind == "nan" else ("shape" in row["excluded"][0])
@@ -197,7 +200,7 @@ def test_bad_updates_are_excluded_or_capped(small_cache, tmp_path, kind, caplog)
 
 def test_a_silent_site_does_not_stop_the_run(small_cache, tmp_path):
     grid = InProcessGrid(nodes(small_cache))
-    grid.silent.add(103)
+    grid.silent.add(BIG + 103)
     # the silent node never answers hello either; with min-sites 2 the run goes on
     run_federation(grid, settings(tmp_path / "run", num_rounds=1, min_sites=2), **no_wait())
     assert read_rounds(tmp_path / "run")[0]["aggregated"] == 2

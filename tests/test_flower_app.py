@@ -39,3 +39,18 @@ def test_run_config_overrides_are_typed_and_checked():
         Settings.from_run_config({"out-dir": "/tmp/x", "strategy": "fedsgd"})
     with pytest.raises(ValueError, match="out-dir is empty"):
         Settings.from_run_config({})
+
+
+def test_the_submitted_bundle_declares_the_same_app_as_the_project():
+    import io
+    import zipfile
+
+    from spinemet.server.fab import app_table, build_fab
+
+    assert _flwr() == app_table()
+    fab, digest = build_fab()
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    assert [n for n in names if not n.startswith(".info/")] == ["pyproject.toml"]
+    shipped = tomllib.loads(zipfile.ZipFile(io.BytesIO(fab)).read("pyproject.toml").decode())
+    assert shipped["tool"]["flwr"]["app"] == app_table()
+    assert len(digest) == 64

@@ -1,0 +1,149 @@
+"""The coordinator's Flower SuperLink: started on loopback, driven through its Control API.
+
+:func:`start_superlink` runs ``flower-superlink`` bound to 127.0.0.1 with TLS, SuperNode
+authentication, a persistent database in the run folder and runtime dependency installation
+off. :class:`Control` is the Control API client the ``flwr`` CLI uses
+(``flwr.supercore.control.ControlHttpClient``), for enrolment (``RegisterNode``, as
+``flwr supernode register``), run submission (``StartRun``, as ``flwr run``), the run's
+status (``ListRuns``: ``flwr run`` exits 0 even when the ServerApp failed, the status says
+``finished:failed``), its log and ``StopRun``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ..common.processes import Child, flower_bin, flower_env
+
+log = logging.getLogger("spinemet.server")
+
+
+class SuperLinkError(RuntimeError):
+    pass
+
+
+@dataclass
+class SuperLinkPaths:
+    root: Path            # RUN/superlink
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "superlink.log"
+
+
+def start_superlink(paths: SuperLinkPaths, port: int, certs: Path | None,
+                    threads: int | None = None) -> Child:
+    """``flower-superlink`` on 127.0.0.1:``port`` (TLS + auth unless ``certs`` is None)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    cmd = [flower_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
+           "--database", str(paths.database), "--disable-runtime-dependency-installation"]
+    if certs is not None:
+        cmd += ["--ssl-ca-certfile", str(certs / "ca.crt"),
+                "--ssl-certfile", str(certs / "server.crt"),
+                "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth"]
+    else:
+        cmd += ["--insecure"]
+    return Child("superlink", cmd, paths.log, env=flower_env(paths.flwr_home, threads),
+                 cwd=paths.root)
+
+
+def wait_healthy(address: str, ca: Path | None, child: Child | None = None,
+                 timeout: float = 90.0) -> float:
+    """Seconds until ``GET /health`` answers 200; raises with the log's tail otherwise."""
+    t0 = time.monotonic()
+    url = f"{'https' if ca else 'http'}://{address}/health"
+    verify = str(ca) if ca else False
+    while time.monotonic() - t0 < timeout:
+        if child is not None and not child.alive():
+            raise SuperLinkError(f"the {child.name} exited at start:\n{_tail(child)}")
+        try:
+            if httpx.get(url, verify=verify, timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SuperLinkError(f"{child.name if child else 'the SuperLink'} did not answer {url} within {timeout:.0f} s"
+                         + (f":\n{_tail(child)}" if child else ""))
+
+
+def _tail(child: Child, lines: int = 15) -> str:
+    return "\n".join(child.text().splitlines()[-lines:])
+
+
+class Control:
+    """The SuperLink's Control API (loopback only: it is never published)."""
+
+    def __init__(self, address: str, ca: Path | None):
+        from flwr.supercore.control import ControlHttpClient
+
+        self.client = ControlHttpClient.from_server_address(
+            server_address=address, insecure=ca is None,
+            root_certificates=ca.read_bytes() if ca else None, interceptors=[])
+
+    def register(self, public_key_line: str, name: str) -> tuple[int | None, bool]:
+        """(node id, newly registered); an already-enrolled key is fine (resume)."""
+        from cryptography.hazmat.primitives import serialization
+        from flwr.proto.control_pb2 import RegisterNodeRequest
+        from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+        key = serialization.load_ssh_public_key(public_key_line.encode())
+        try:
+            res = self.client.RegisterNode(RegisterNodeRequest(
+                public_key=public_key_to_bytes(key), name=name))
+            return int(res.node_id), True
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 412 and "already in use" in exc.response.text:
+                return None, False
+            raise
+
+    def nodes(self) -> list[dict]:
+        from flwr.proto.control_pb2 import ListNodesRequest
+        from google.protobuf.json_format import MessageToDict
+
+        return [MessageToDict(n) for n in self.client.ListNodes(ListNodesRequest()).nodes_info]
+
+    def start_run(self, fab: bytes, fab_hash: str, overrides: dict) -> int:
+        from flwr.common.serde import fab_to_proto, user_config_to_proto
+        from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.supercore.fab import Fab
+
+        res = self.client.StartRun(StartRunRequest(
+            fab=fab_to_proto(Fab(fab_hash, fab, {})),
+            override_config=user_config_to_proto(overrides), federation="", app_spec=""))
+        if not res.HasField("run_id"):
+            raise SuperLinkError(f"the SuperLink did not accept the run: {res}")
+        return int(res.run_id)
+
+    def status(self, run_id: int) -> tuple[str, str, str]:
+        """(status, sub-status, details), e.g. ('finished', 'failed', 'ServerApp ...')."""
+        from flwr.common.serde import run_from_proto
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        res = self.client.ListRuns(ListRunsRequest(run_id=run_id))
+        run = run_from_proto(res.run_dict[run_id])
+        return run.status.status, run.status.sub_status, run.status.details
+
+    def logs(self, run_id: int, after: float = 0.0) -> str:
+        from flwr.proto.control_pb2 import StreamLogsRequest
+
+        return "".join(r.log_output for r in self.client.StreamLogs(
+            StreamLogsRequest(run_id=run_id, after_timestamp=after)))
+
+    def stop_run(self, run_id: int) -> None:
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        self.client.StopRun(StopRunRequest(run_id=run_id))
