@@ -24,9 +24,21 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .supernode import SuperNodeSpec, final_refusal, preflight, start_supernode
+from .supernode import (SuperNodeSpec, final_refusal, preflight, start_supernode,
+                        start_worker)
 
 console = Console(stderr=True)
+HELP = (
+    "A hospital joins a SpineMet-FL federation.\n\n"
+    "Checks the site's certs folder (refuses one holding the CA key), validates the DICOM "
+    "folder and labels (refuses to join when nothing is trainable), preprocesses the "
+    "studies into the site's cache, checks the coordinator's TLS certificate, then runs "
+    "the site worker and a Flower SuperNode in the foreground. Only weights, example "
+    "counts, losses and confusion counts leave the site.\n\n"
+    "A network blip is retried; a refusal (key not enrolled, untrusted certificate) ends "
+    "it at once with the reason. Exit status: 0 after Ctrl-C, 2 on bad input or nothing "
+    "trainable, 3 when the coordinator refused the site, 1 otherwise.")
+
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 log = logging.getLogger("spinemet.client")
@@ -42,7 +54,7 @@ def _fail(code: int, message: str) -> None:
     raise typer.Exit(code)
 
 
-@app.command(help=__doc__)
+@app.command(help=HELP)
 def join(
     site: Annotated[str, typer.Option(help="This hospital's name (as enrolled).")],
     data: Annotated[Path, typer.Option(help="The site's DICOM folder (any layout).")],
@@ -126,49 +138,54 @@ def _prepare(data: Path, labels: Path, cache: Path, workers: int | None) -> None
 
 
 def _supervise(spec: SuperNodeSpec, log_path: Path, restart_delays=(2, 5, 10, 30)) -> int:
-    """Run the SuperNode in the foreground; restart it when it ends without a refusal (a
-    coordinator that came back with a new database makes Flower's SuperNode exit)."""
+    """Run the site worker and the SuperNode in the foreground; start them again when they
+    end without a refusal (a coordinator that came back with a new database makes Flower's
+    SuperNode exit)."""
     def stop(*_):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
-    restarts = 0
+    restarts, children = 0, []
     try:
         while True:
+            worker = start_worker(spec, log_path.with_name("worker.log"))
             start = log_path.stat().st_size if log_path.exists() else 0   # earlier lines
-            child = start_supernode(spec, log_path)
+            node = start_supernode(spec, log_path)
+            children = [node, worker]
             console.print(f"SuperNode started for site {spec.site} -> {spec.server} "
                           f"(log {log_path})")
-            status = _follow(child, start)
+            status = _follow(node, worker, start)
+            for child in children:
+                child.stop()
             if isinstance(status, Exception):
                 console.print(f"[red]error: the coordinator refused this site:[/] {status}")
                 return 3
             delay = restart_delays[min(restarts, len(restart_delays) - 1)]
             restarts += 1
-            console.print(f"[yellow]the SuperNode ended (status {status}); starting it again "
-                          f"in {delay} s[/] (log {log_path})")
+            console.print(f"[yellow]{status}; starting again in {delay} s[/] (log {log_path})")
             time.sleep(delay)
     except KeyboardInterrupt:
         console.print("stopping the SuperNode")
-        if "child" in locals():
+        for child in children:
             child.stop()
         return 0
 
 
-def _follow(child, start: int):
-    """Mirror the SuperNode's log until it exits (its status) or is refused (the Refusal)."""
+def _follow(node, worker, start: int):
+    """Mirror the SuperNode's log until it is refused (the Refusal) or a process ends."""
     shown = 0
     while True:
-        text = child.text()[start:]
+        text = node.text()[start:]
         if len(text) > shown:
             sys.stderr.write(text[shown:])
             sys.stderr.flush()
             shown = len(text)
         refusal = final_refusal(text)
         if refusal:
-            child.stop()
             return refusal
-        if not child.alive():
-            return child.stop()
+        if not node.alive():
+            return f"the SuperNode ended (status {node.proc.returncode})"
+        if not worker.alive():
+            return f"the site worker ended (status {worker.proc.returncode})"
         time.sleep(0.5)
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.processes import Child, flower_bin, flower_env
+from .worker import key_path, new_key, socket_path
 
 # (log text, reason, what to do), checked in order.
 REFUSALS = (
@@ -104,12 +107,16 @@ class SuperNodeSpec:
     max_wait_time: float | None = None
     threads: int | None = None
     cache_site: str | None = None
+    worker: bool = True          # hand the work to the site worker (:mod:`.worker`)
 
     def node_config(self) -> str:
         items = {"site": self.site, "data-path": str(self.data.resolve()),
                  "cache-path": str(self.cache.resolve())}
         if self.cache_site:
             items["cache-site"] = self.cache_site
+        if self.worker:
+            items["worker-socket"] = str(socket_path(self.cache))
+            items["worker-key"] = str(key_path(self.cache))
         for key, value in items.items():
             if '"' in value:
                 raise ValueError(f"{key} {value!r} holds a double quote, which Flower's "
@@ -128,6 +135,22 @@ class SuperNodeSpec:
         if self.max_wait_time:
             cmd += ["--max-wait-time", str(self.max_wait_time)]
         return cmd
+
+
+def start_worker(spec: SuperNodeSpec, log: Path, timeout: float = 120.0) -> Child:
+    """The site worker (a fresh key each start); returns once its socket is up."""
+    new_key(spec.cache)
+    socket_path(spec.cache).unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "spinemet.client.worker", "--cache", str(spec.cache.resolve())]
+    child = Child(f"worker-{spec.site}", cmd, log, env=flower_env(spec.cache / "flwr-home",
+                                                                  spec.threads))
+    t0 = time.monotonic()
+    while not socket_path(spec.cache).exists():
+        if not child.alive() or time.monotonic() - t0 > timeout:
+            child.stop()
+            raise RuntimeError(f"the site worker did not start (log {log})")
+        time.sleep(0.1)
+    return child
 
 
 def start_supernode(spec: SuperNodeSpec, log: Path) -> Child:

@@ -76,7 +76,18 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _log_to_console() -> None:
+    """SpineMet's INFO lines in the ServerApp's output (Flower streams it to `flwr log`)."""
+    logger = logging.getLogger("spinemet")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    _log_to_console()
     settings = Settings.from_run_config(dict(context.run_config))
     run_federation(grid, settings)

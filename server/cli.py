@@ -25,6 +25,17 @@ from .settings import Settings
 console = Console(stderr=True)
 DEFAULTS = Settings()
 
+HELP = (
+    "The coordinator of a SpineMet-FL federation.\n\n"
+    "Starts a Flower SuperLink on loopback (TLS, SuperNode authentication, a persistent "
+    "database in RUN), enrols exactly the site keys of --certs, publishes the Fleet API "
+    "alone on --host:--port, runs the SpineMet ServerApp until it ends, and stops "
+    "everything it started (also on Ctrl-C).\n\n"
+    "RUN gets metrics.json, report.md, model.pt (for `spinemet predict`), rounds.jsonl, "
+    "accuracy_per_round.png, confusion_matrix.png, checkpoints/ and the logs.\n\n"
+    "Exit status: 0 when the run completed, 1 when it failed, 2 on bad input, 130 when "
+    "interrupted.")
+
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -43,7 +54,7 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
-@app.command(help=__doc__)
+@app.command(help=HELP)
 def serve(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run folder (outputs, checkpoints, the SuperLink's database and "

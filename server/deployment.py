@@ -111,10 +111,15 @@ class Deployment:
         log.info("SuperLink up on 127.0.0.1:%d in %.1f s (database %s)", internal, seconds,
                  self.paths.database)
         self.control = Control(f"127.0.0.1:{internal}", ca)
-        for site, key in sorted(enrolled.items()):
-            node_id, new = self.control.register(key.public_key, site)
-            log.info("site %s %s (%s)", site, "enrolled" if new else "already enrolled",
-                     key.fingerprint)
+        # For the operator's own `flwr` CLI on this host (flwr ls / log / stop).
+        (self.paths.root / "control.json").write_text(json.dumps(
+            {"address": f"127.0.0.1:{internal}", "root-certificates": str(ca) if ca else None,
+             "insecure": ca is None}, indent=1) + "\n")
+        if self.certs is not None:
+            outcome = self.control.enrol_exactly({s: k.public_key for s, k in enrolled.items()})
+            for site, what in outcome.items():
+                log.info("site %s: %s%s", site.lstrip("-"), what,
+                         f" ({enrolled[site].fingerprint})" if site in enrolled else "")
         self._start_proxy(internal)
 
     def _start_proxy(self, internal: int) -> None:

@@ -110,11 +110,35 @@ class Control:
                 return None, False
             raise
 
-    def nodes(self) -> list[dict]:
+    def nodes(self) -> list:
+        """NodeInfo messages of every node the SuperLink knows (status, name, public key)."""
         from flwr.proto.control_pb2 import ListNodesRequest
-        from google.protobuf.json_format import MessageToDict
 
-        return [MessageToDict(n) for n in self.client.ListNodes(ListNodesRequest()).nodes_info]
+        return list(self.client.ListNodes(ListNodesRequest()).nodes_info)
+
+    def unregister(self, node_id: int) -> None:
+        from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+        self.client.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+
+    def enrol_exactly(self, keys: dict[str, str]) -> dict[str, str]:
+        """Register each ``{site: OpenSSH public key line}``; unregister every other node
+        (a key removed from ``enrolled.json`` since the database was made). Returns
+        {site: 'enrolled' | 'already enrolled'} and {'-<node id>': 'unregistered'}."""
+        from cryptography.hazmat.primitives import serialization
+        from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+        done = {}
+        wanted = set()
+        for site, line in sorted(keys.items()):
+            wanted.add(public_key_to_bytes(serialization.load_ssh_public_key(line.encode())))
+            _, new = self.register(line, site)
+            done[site] = "enrolled" if new else "already enrolled"
+        for node in self.nodes():
+            if node.public_key and node.public_key not in wanted and not node.unregistered_at:
+                self.unregister(int(node.node_id))
+                done[f"-{node.node_id}"] = f"unregistered ({node.name or 'unnamed'})"
+        return done
 
     def start_run(self, fab: bytes, fab_hash: str, overrides: dict) -> int:
         from flwr.common.serde import fab_to_proto, user_config_to_proto

@@ -24,6 +24,8 @@ class InProcessGrid(Grid):
         self.replies: list[Message] = []
         self.run_config = run_config or {}
         self._states = {n: RecordDict() for n in nodes}
+        self._outbox: list[Message] = []
+        self._count = 0
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # as a ServerApp has
 
     # Grid's abstract surface -----------------------------------------------------------
@@ -41,16 +43,23 @@ class InProcessGrid(Grid):
     def get_node_ids(self):
         return sorted(self.nodes)
 
-    def push_messages(self, messages):   # pragma: no cover
-        raise NotImplementedError
+    def push_messages(self, messages):
+        """Deliver now; the replies wait for :meth:`pull_messages` (as on a SuperLink)."""
+        return self.send_and_receive(messages, _push=True)
 
-    def pull_messages(self, message_ids):   # pragma: no cover
-        raise NotImplementedError
+    def pull_messages(self, message_ids):
+        wanted = set(message_ids)
+        out = [r for r in self._outbox if r.metadata.reply_to_message_id in wanted]
+        self._outbox = [r for r in self._outbox if r not in out]
+        return out
 
-    def send_and_receive(self, messages, *, timeout=None):
-        out = []
+    def send_and_receive(self, messages, *, timeout=None, _push=False):
+        out, ids = [], []
         for msg in messages:
             node = msg.metadata.dst_node_id
+            self._count += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self._count}"
+            ids.append(msg.metadata.message_id)
             self.sent.append(msg)
             if node in self.silent or node not in self.nodes:
                 continue
@@ -61,4 +70,7 @@ class InProcessGrid(Grid):
                 reply = self.rewrite[node](msg, reply)
             self.replies.append(reply)
             out.append(reply)
+        if _push:
+            self._outbox.extend(out)
+            return ids
         return out

@@ -132,11 +132,11 @@ def test_error_replies_are_fixed_texts_without_paths(small_cache, tmp_path):
 
 def test_internal_failure_becomes_code_199_without_the_exception_text(small_cache, tmp_path,
                                                                        monkeypatch):
-    import spinemet.client.app as client_app
+    import spinemet.client.handlers as handlers
 
     def boom(*a, **k):
         raise RuntimeError("secret /data/patient-0042/T1 exploded")
-    monkeypatch.setattr(client_app, "train_round", boom)
+    monkeypatch.setattr(handlers, "train_round", boom)
     grid = InProcessGrid(nodes(small_cache))
     with pytest.raises(FederationError, match="usable replies"):
         run_federation(grid, settings(tmp_path / "run", num_rounds=1), **no_wait())
@@ -147,10 +147,10 @@ def test_internal_failure_becomes_code_199_without_the_exception_text(small_cach
 
 
 def test_a_site_with_other_code_refuses(small_cache, tmp_path, monkeypatch):
-    import spinemet.client.app as client_app
+    import spinemet.client.handlers as handlers
 
-    real = client_app.fingerprint
-    monkeypatch.setattr(client_app, "fingerprint",
+    real = handlers.fingerprint
+    monkeypatch.setattr(handlers, "fingerprint",
                         lambda *a: {**real(*a), "spinemet-version": "9.9.9"})
     grid = InProcessGrid(nodes(small_cache))
     with pytest.raises(FederationError, match="installed SpineMet differs"):
@@ -226,14 +226,14 @@ def test_resume_after_a_crash_ends_with_the_same_weights(small_cache, tmp_path, 
 
     broken = tmp_path / "broken"
     grid = InProcessGrid(nodes(small_cache))
-    real = grid.send_and_receive
+    real = grid.push_messages
 
-    def dies_in_round_3(messages, *, timeout=None):
+    def dies_in_round_3(messages):
         messages = list(messages)
         if messages and messages[0].metadata.group_id == "3":
             raise _Crash()
-        return real(messages, timeout=timeout)
-    grid.send_and_receive = dies_in_round_3
+        return real(messages)
+    grid.push_messages = dies_in_round_3
     with pytest.raises(_Crash):
         run_federation(grid, settings(broken, **kw), **no_wait())
     assert latest_checkpoint(broken).name == "round-0002.pt"
