@@ -3,7 +3,8 @@
     python -m benchmarks                      # the full default cohort (941 patients) and
                                               # preprocessing of 200 of its studies
     python -m benchmarks --patients 100       # a quicker look (scaled to 941 in the table)
-    python -m benchmarks --only preprocess    # one group (cohort, preprocess, training)
+    python -m benchmarks --only preprocess    # one group (cohort, preprocess, training,
+                                              # federation)
 
 Each row gives the measured value, the target, and their ratio (<= 1.0 meets the target).
 """
@@ -191,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="write the cohort here and keep it")
     ap.add_argument("--studies", type=int, default=200,
                     help="studies for the preprocessing benchmark (default 200)")
-    ap.add_argument("--only", choices=("cohort", "preprocess", "training"),
+    ap.add_argument("--only", choices=("cohort", "preprocess", "training", "federation"),
                     help="run one group")
     ap.add_argument("--epochs", type=int, default=3,
                     help="timed epochs per loop in the training benchmark (default 3)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of the federation benchmark (default 5)")
     args = ap.parse_args(argv)
     rows = []
     if args.only in (None, "cohort"):
@@ -205,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         from spinemet.common.models import MODELS
 
         rows += bench_training(list(MODELS), 753, args.epochs, args.workers)
+    if args.only in (None, "federation"):
+        from .federation import bench_federation
+
+        rows += bench_federation(rounds=args.rounds)
     from rich.console import Console
     from rich.table import Table
 

@@ -73,6 +73,7 @@ class Coordinator:
         self.declared: dict[int, int] = {}      # node id -> fit examples declared at hello
         self.refused: dict[int, str] = {}
         self._counts: dict[int, list[int]] = {}   # node id -> fit class counts
+        self.responsive: set[int] = set()          # nodes whose reply was aggregated last
         self.server_test = None
 
     # -- messages ------------------------------------------------------------------------
@@ -246,19 +247,28 @@ class Coordinator:
                                      self.settings.round_timeout, str(server_round))
         reference = {k: v.numpy() for k, v in state.weights.items()}
         kept, dropped = screen_replies(replies, reference, self.declared)
+        self.responsive = {s.node_id for s in kept}
         if len(kept) < self.settings.min_sites:
             raise FederationError(
                 f"round {server_round}: {len(kept)} usable replies, fewer than min-sites "
                 f"{self.settings.min_sites} ({len(silent)} silent, {len(dropped)} excluded); "
                 "the last checkpoint is kept: fix the sites and resume with --resume")
         new_weights, summed = self.aggregator.aggregate(server_round, state.weights, kept)
+        down = ArrayRecord(state.weights).count_bytes() + len(ConfigRecord(config).deflate())
+        up = [s.content["arrays"].count_bytes() + len(s.content["metrics"].deflate())
+              for s in kept]
         row = {"round": server_round, "sampled": len(nodes), "aggregated": len(kept),
                "silent": len(silent), "excluded": [d["reason"] for d in dropped],
                "num_examples": sum(s.num_examples for s in kept),
                "train_loss": summed.get("train-loss-sum", 0.0) / max(summed.get("train-seen", 1), 1),
                "evaluated_round": server_round - 1,
                "seconds_site_train_max": max(float(dict(s.content["metrics"]).get(
-                   "seconds-train", 0.0)) for s in kept)}
+                   "seconds-train", 0.0)) for s in kept),
+               "seconds_site_work_max": max(
+                   float(dict(s.content["metrics"]).get("seconds-train", 0.0))
+                   + float(dict(s.content["metrics"]).get("seconds-eval", 0.0)) for s in kept),
+               # message payload as Flower counts it (arrays + records), per site
+               "bytes_down_per_site": down, "bytes_up_per_site": float(np.mean(up))}
         row.update(self._scores(summed, state.weights))
         self._consider(state, server_round - 1, row, state.weights)
         row["seconds"] = self.clock() - t0
@@ -268,6 +278,8 @@ class Coordinator:
     def final_evaluation(self, state: RunState) -> tuple[dict, float]:
         """Score the last weights, select the best round, fit T, read the test metrics."""
         nodes = self._sample(state.round + 1)
+        if self.responsive & set(nodes):   # a site silent in the last round is not waited for
+            nodes = sorted(self.responsive & set(nodes))
         cfg = {**self._base_config(), "temperatures": TEMPERATURE_GRID}
         replies, _ = self._send(nodes, EVALUATE, cfg, state.weights,
                                 self.settings.round_timeout, "final")

@@ -4,7 +4,10 @@ and SuperNode authentication on, and the faults a real federation meets.
 
 The coordinator publishes its Fleet API on 127.0.0.2 (standing in for the interface the
 hospitals reach); its SuperLink, with the Control API, listens on 127.0.0.1 only. The sites
-are three hospitals of the 240-patient test cohort (the one the shortcut checks use).
+are the three hospitals of the 24-patient test cohort: enough to exercise every path, too
+few for a model to learn from (a 240-patient version of the happy path was at chance after
+2 rounds of 6 local epochs, as was centralized training on the same 78 studies), so the
+tests assert on the protocol and the numbers it must reproduce, not on accuracy.
 """
 
 from __future__ import annotations
@@ -27,24 +30,24 @@ from spinemet.server.checkpoint import latest_checkpoint, load_checkpoint
 pytestmark = pytest.mark.deployment
 
 PUBLIC = "127.0.0.2"
-RUN_ARGS = ("--rounds", "2", "--local-epochs", "6", "--model", "resnet-gn",
+RUN_ARGS = ("--rounds", "2", "--local-epochs", "2", "--model", "paper",
             "--min-sites", "3", "--wait-for-sites", "300", "--round-timeout", "300",
             "--seed", "5")
 
 
 @pytest.fixture(scope="module")
-def federation(large_cohort, tmp_path_factory):
+def federation(small_cohort, tmp_path_factory):
     """Three hospitals (data folder, preprocessed cache) and the federation's certificates."""
     root = tmp_path_factory.mktemp("deploy")
-    sites = sorted({r["site"] for r in large_cohort.labels})[:3]
+    sites = sorted({r["site"] for r in small_cohort.labels})
     caches = {}
     for site in sites:
-        data = large_cohort.path / site
+        data = small_cohort.path / site
         caches[site] = root / f"cache-{site}"
         summary = preprocess(data, caches[site], read_labels(data / "labels.csv"), workers=2)
         assert not summary.failed
     init_pki(root / "pki", f"localhost,{PUBLIC}", sites)
-    return {"root": root, "sites": sites, "data": {s: large_cohort.path / s for s in sites},
+    return {"root": root, "sites": sites, "data": {s: small_cohort.path / s for s in sites},
             "caches": caches, "pki": root / "pki"}
 
 
@@ -137,7 +140,7 @@ def _control_from_outside(run, port, fed) -> dict:
     return out
 
 
-def test_three_sites_with_tls_and_enrolment_complete_and_beat_chance(happy):
+def test_three_sites_with_tls_and_enrolment_complete(happy, small_cohort):
     assert happy["code"] == 0, happy["server_log"][-3000:]
     run = happy["run"]
     assert status(run)["state"] == "completed"
@@ -149,8 +152,43 @@ def test_three_sites_with_tls_and_enrolment_complete_and_beat_chance(happy):
         assert (run / name).is_file(), name
     assert len(list((run / "checkpoints").glob("round-*.pt"))) == 2
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["n_test"] >= 20
-    assert metrics["accuracy"] > 0.5, metrics["confusion_matrix"]   # chance is 1/3
+    from spinemet.common.dataset import split_patients
+    n_test = sum(v == "test" for v in split_patients(small_cohort.labels).values())
+    assert metrics["n_test"] == n_test          # every site's held-out patients, pooled
+    cm = metrics["confusion_matrix"]
+    assert sum(map(sum, cm)) == n_test and metrics["accuracy"] == pytest.approx(
+        sum(cm[i][i] for i in range(3)) / n_test)
+
+
+def test_the_deployment_computes_what_the_in_process_loop_computes(happy, tmp_path):
+    """Same sites, settings and seeds through the in-process grid: the same weights. TLS,
+    the proxy, the SuperNodes and the site workers add transport, not arithmetic."""
+    from fedgrid import InProcessGrid
+
+    from spinemet.server.app import run_federation
+    from spinemet.server.settings import Settings
+
+    fed = happy["fed"]
+    nodes = {2 ** 63 + i: {"site": s, "cache-path": str(fed["caches"][s])}
+             for i, s in enumerate(fed["sites"])}
+    args = dict(zip(RUN_ARGS[::2], RUN_ARGS[1::2]))
+    settings = Settings(out_dir=str(tmp_path / "run"), num_rounds=int(args["--rounds"]),
+                        local_epochs=int(args["--local-epochs"]), model=args["--model"],
+                        min_sites=3, seed=int(args["--seed"]), wait_for_sites=5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                     # as the site workers ran
+    try:
+        t = [0.0]
+        run_federation(InProcessGrid(nodes), settings, clock=lambda: t[0],
+                       sleep=lambda s: t.__setitem__(0, t[0] + s))
+    finally:
+        torch.set_num_threads(threads)
+    a = load_checkpoint(latest_checkpoint(happy["run"]))["weights"]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "run"))["weights"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert json.loads((happy["run"] / "metrics.json").read_text())["confusion_matrix"] == \
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["confusion_matrix"]
 
 
 def test_unenrolled_wrong_ca_and_plaintext_sites_are_refused_with_the_reason(happy):
@@ -195,6 +233,7 @@ def test_a_site_killed_mid_round_times_out_and_the_run_completes(federation, tmp
     assert status(run)["state"] == "completed"
     assert [r["round"] for r in rows] == [1, 2, None]
     assert any(r["silent"] == 1 and r["aggregated"] == 2 for r in rows[:2]), rows
+    assert "did not reply" in (run / "serverapp.log").read_text()
 
 
 def test_a_killed_coordinator_resumes_and_ends_with_the_same_weights(federation, happy,
@@ -226,6 +265,7 @@ def test_a_killed_coordinator_resumes_and_ends_with_the_same_weights(federation,
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
         try:
             s.bind((PUBLIC, port))
             return True
