@@ -76,11 +76,12 @@ def train(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[Arrays, 
         server_round, local_epochs = int(cfg["server-round"]), int(cfg["local-epochs"])
         counts = [int(c) for c in cfg["class-counts"]]
         seed, mu = int(cfg["seed"]), float(cfg.get("proximal-mu", 0.0))
+        temperatures = [float(t) for t in cfg.get("temperatures", [])] or None
     except Exception:
         raise SiteRefusal(E_BAD_REQUEST, "the train message lacks round, local-epochs, "
                           "class-counts or seed") from None
     new_state, metrics = train_round(data, state, config, server_round, local_epochs,
-                                     counts, seed, mu)
+                                     counts, seed, mu, temperatures)
     return {k: v.numpy() for k, v in new_state.items()}, metrics
 
 

@@ -51,7 +51,8 @@ def proximal_term(model, anchor: dict[str, torch.Tensor], mu: float):
 
 def train_round(data: SiteData, state: dict[str, torch.Tensor], config: TrainConfig,
                 server_round: int, local_epochs: int, global_counts: list[int],
-                seed: int, proximal_mu: float = 0.0) -> tuple[dict[str, torch.Tensor], dict]:
+                seed: int, proximal_mu: float = 0.0, temperatures: list[float] | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict]:
     """Score the received weights, then train global epochs of this round on the fit part.
 
     Returns the new state dict and the metrics the site may share."""
@@ -59,7 +60,7 @@ def train_round(data: SiteData, state: dict[str, torch.Tensor], config: TrainCon
     local_seed = site_seed(seed, data.site, server_round)
     seed_everything(local_seed)
     model = _model(config, data, state)
-    metrics = score(model, data)
+    metrics = score(model, data, temperatures)
     t_eval = time.perf_counter() - t0
     local = config.replace(seed=local_seed)
     optimizer = make_optimizer(model, local)

@@ -50,6 +50,7 @@ def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
                      row["aggregated"], row["train_loss"], row["evaluated_round"],
                      _fmt(row.get("val_loss")), _fmt(row.get("test_accuracy")), row["seconds"])
         metrics, temperature = coordinator.final_evaluation(state)
+        coordinator.checkpoint(state)        # the same round, with the final selection
         append_round(out, state.history[-1])
         if coordinator.server_test is not None:
             from .server_eval import evaluate_on

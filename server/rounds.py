@@ -180,11 +180,13 @@ class Coordinator:
         if val.get("n", 0) > 0:
             row["val_loss"] = val["loss-sum"] / val["n"]
             row["val_accuracy"] = metrics_from_summary(val, bootstrap=0)["accuracy"]
+        if val.get("nll-by-t"):
+            row["val_nll_by_t"] = [float(x) for x in val["nll-by-t"]]
         test = add_summaries([summed], "test-")
         if test.get("n", 0) > 0:
             m = metrics_from_summary(test, bootstrap=0)
             row.update(test_accuracy=m["accuracy"], test_macro_f1=m["macro_f1"],
-                       test_loss=m["loss"], n_test=m["n_test"])
+                       test_loss=m["loss"], test_ece=m["ece"], n_test=m["n_test"])
         if self.server_test is not None:
             from .server_eval import evaluate_on
             row["server_test_accuracy"] = evaluate_on(self.server_test, self.config.model,
@@ -198,6 +200,8 @@ class Coordinator:
             loss = -evaluated_round
         if not state.best or loss < state.best["val_loss"]:
             state.best = {"round": evaluated_round, "val_loss": float(loss),
+                          "val_nll_by_t": list(row.get("val_nll_by_t", [])),
+                          "ece_uncalibrated": row.get("test_ece"),
                           "weights": {k: v.clone() for k, v in weights.items()}}
 
     def global_counts(self) -> list[int]:
@@ -240,6 +244,7 @@ class Coordinator:
         t0 = self.clock()
         nodes = self._sample(server_round)
         config = {**self._base_config(), "server-round": server_round,
+                  "temperatures": TEMPERATURE_GRID,
                   "local-epochs": self.settings.local_epochs,
                   "class-counts": [int(c) for c in state.global_counts],
                   "proximal-mu": self.aggregator.proximal_mu}
@@ -271,6 +276,7 @@ class Coordinator:
                "bytes_down_per_site": down, "bytes_up_per_site": float(np.mean(up))}
         row.update(self._scores(summed, state.weights))
         self._consider(state, server_round - 1, row, state.weights)
+        row.pop("val_nll_by_t", None)     # kept with the best round, not in rounds.jsonl
         row["seconds"] = self.clock() - t0
         state.weights, state.round = new_weights, server_round
         return row
@@ -286,13 +292,12 @@ class Coordinator:
         summed = self._sum_replies(replies)
         row = {"round": None, "evaluated_round": state.round, **self._scores(summed, state.weights)}
         self._consider(state, state.round, row, state.weights)
+        row.pop("val_nll_by_t", None)
         state.history.append(row)
         best = state.best
-        if best["round"] != state.round:
-            replies, _ = self._send(nodes, EVALUATE, cfg, best["weights"],
-                                    self.settings.round_timeout, "select")
-            summed = self._sum_replies(replies)
-        nll = np.asarray(add_summaries([summed], "val-").get("nll-by-t", []), float)
+        # temperature scaling: the grid point of lowest pooled validation NLL of the
+        # selected weights (every round's replies carry it, so no extra message)
+        nll = np.asarray(best.get("val_nll_by_t") or [], float)
         temperature = float(TEMPERATURE_GRID[int(nll.argmin())]) if nll.size and nll.any() \
             else 1.0
         replies, _ = self._send(nodes, EVALUATE, {**self._base_config(),
@@ -300,8 +305,7 @@ class Coordinator:
                                 best["weights"], self.settings.round_timeout, "calibrated")
         test = add_summaries([self._sum_replies(replies)], "test-")
         metrics = metrics_from_summary(test)
-        uncalibrated = metrics_from_summary(add_summaries([summed], "test-"), bootstrap=0)
-        metrics["ece_uncalibrated"] = uncalibrated["ece"]
+        metrics["ece_uncalibrated"] = best.get("ece_uncalibrated")
         return metrics, temperature
 
     def _sum_replies(self, replies) -> dict:

@@ -12,6 +12,7 @@ status (``ListRuns``: ``flwr run`` exits 0 even when the ServerApp failed, the s
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def wait_healthy(address: str, ca: Path | None, child: Child | None = None,
     """Seconds until ``GET /health`` answers 200; raises with the log's tail otherwise."""
     t0 = time.monotonic()
     url = f"{'https' if ca else 'http'}://{address}/health"
-    verify = str(ca) if ca else False
+    verify = ssl.create_default_context(cafile=str(ca)) if ca else False
     while time.monotonic() - t0 < timeout:
         if child is not None and not child.alive():
             raise SuperLinkError(f"the {child.name} exited at start:\n{_tail(child)}")

@@ -219,7 +219,7 @@ def test_a_site_killed_mid_round_times_out_and_the_run_completes(federation, tmp
     run = tmp_path / "run"
     server = procs.server(run, fed["pki"] / "coordinator", PUBLIC, port, "--rounds", "2",
                           "--local-epochs", "1", "--min-sites", "2", "--wait-for-sites", "300",
-                          "--round-timeout", "20", "--seed", "5")
+                          "--round-timeout", "10", "--seed", "5")
     try:
         clients = _clients(procs, fed, f"{PUBLIC}:{port}", "kill")
         wait_for(lambda: status(run).get("message") == "round 1", 400, "round 1",

@@ -91,6 +91,19 @@ def test_run_writes_a_complete_folder(completed, small_cohort):
     assert latest_checkpoint(out).name == "round-0002.pt"
 
 
+def test_the_temperature_minimises_the_pooled_validation_nll(completed):
+    from spinemet.common.federation import TEMPERATURE_GRID
+
+    out, _, _ = completed
+    metrics = json.loads((out / "metrics.json").read_text())
+    best = load_checkpoint(latest_checkpoint(out))["best"]
+    assert best["round"] == metrics["best_round"]
+    nll = best["val_nll_by_t"]
+    assert len(nll) == len(TEMPERATURE_GRID)
+    assert metrics["temperature"] == TEMPERATURE_GRID[int(np.argmin(nll))]
+    assert load_model(out / "model.pt")[1]["temperature"] == metrics["temperature"]
+
+
 def test_replies_carry_only_weights_counts_and_sums(completed, small_cohort):
     _, grid, _ = completed
     allowed = re.compile(r"^(num-examples|train-loss-sum|train-seen|seconds-(eval|train)|"
