@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-KEEP = 3   # checkpoints kept besides the newest best
+KEEP = 3   # the newest checkpoints kept (resume needs the last one)
 
 
 def checkpoint_dir(run: Path) -> Path:

@@ -30,7 +30,8 @@ from ..common.certs import CoordinatorFiles, PkiError, load_enrolled_keys
 from ..common.processes import Child, flower_env, free_port, port_open
 from .fab import build_fab
 from .outputs import read_rounds, read_status
-from .superlink import Control, SuperLinkError, SuperLinkPaths, start_superlink, wait_healthy
+from .superlink import (Control, SuperLinkError, SuperLinkPaths, reap_orphans, start_superlink,
+                        wait_healthy)
 
 log = logging.getLogger("spinemet.server")
 
@@ -100,7 +101,9 @@ class Deployment:
                                   "stop what holds it (an earlier flower-server?) or choose "
                                   "another --port")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._reap_previous()
         internal = free_port()
+        self.internal = f"127.0.0.1:{internal}"
         superlink = start_superlink(self.paths, internal, self.certs, self.options.threads)
         self.children.append(superlink)
         ca = self.certs / "ca.crt" if self.certs else None
@@ -139,6 +142,17 @@ class Deployment:
             raise DeploymentError(f"the Fleet API proxy did not start: {exc}") from None
         log.info("Fleet API published on %s:%d (%s); Control API on loopback only",
                  self.options.host, self.options.port, "TLS" if ca else "PLAINTEXT")
+
+    def _reap_previous(self) -> None:
+        """A coordinator killed earlier can leave its ServerApp behind: end it."""
+        try:
+            previous = json.loads((self.paths.root / "control.json").read_text())["address"]
+        except (FileNotFoundError, KeyError, json.JSONDecodeError):
+            return
+        killed = reap_orphans(previous)
+        if killed:
+            log.warning("ended %d process(es) left by the previous coordinator of this run "
+                        "(%s)", len(killed), previous)
 
     # -- the run ----------------------------------------------------------------------------
     def submit(self) -> int:
@@ -190,3 +204,5 @@ class Deployment:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        if getattr(self, "internal", None):
+            reap_orphans(self.internal)

@@ -12,6 +12,8 @@ status (``ListRuns``: ``flwr run`` exits 0 even when the ServerApp failed, the s
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import ssl
 import time
 from dataclasses import dataclass
@@ -83,6 +85,29 @@ def wait_healthy(address: str, ca: Path | None, child: Child | None = None,
 
 def _tail(child: Child, lines: int = 15) -> str:
     return "\n".join(child.text().splitlines()[-lines:])
+
+
+def reap_orphans(address: str) -> list[int]:
+    """Kill Flower processes still attached to the SuperLink at ``address`` (Linux /proc).
+
+    Flower starts the ServerApp through ``flower-superexec`` in process groups of their own;
+    when the SuperLink dies abruptly (a SIGKILLed coordinator), a ``flwr-serverapp`` can
+    outlive it, retrying a dead address. ``flower-server`` calls this when it stops and, for
+    ``--resume``, for the previous SuperLink's address, so no stale ServerApp touches the
+    run folder."""
+    killed = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--runtime-api-address" in args and address.encode() in args:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+            except OSError:
+                pass
+    return killed
 
 
 class Control:

@@ -249,6 +249,7 @@ def test_a_killed_coordinator_resumes_and_ends_with_the_same_weights(federation,
                  [server, *clients.values()])
         server.kill()                        # SIGKILL the coordinator mid-run
         server.wait(30)
+        first = json.loads((run / "superlink" / "control.json").read_text())["address"]
         wait_for(lambda: _port_free(port), 60, "the public port to be released")
         resumed = procs.resume(run)
         assert resumed.wait(900) == 0, resumed.text()[-3000:]
@@ -261,6 +262,11 @@ def test_a_killed_coordinator_resumes_and_ends_with_the_same_weights(federation,
     for name in a["weights"]:
         assert torch.equal(a["weights"][name], b["weights"][name]), name
     assert "resuming after round" in (run / "serverapp.log").read_text()
+    # nothing of either coordinator is left running (a SIGKILLed coordinator's ServerApp
+    # can outlive its SuperLink; the resumed coordinator ends it)
+    from spinemet.server.superlink import reap_orphans
+    second = json.loads((run / "superlink" / "control.json").read_text())["address"]
+    assert reap_orphans(first) == [] and reap_orphans(second) == []
 
 
 def _port_free(port: int) -> bool:
