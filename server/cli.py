@@ -143,15 +143,25 @@ def _prepare_test_data(data: Path, out: Path) -> str:
 
 
 def _run(options: DeploymentOptions) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    rounds = int(options.run_config.get("num-rounds", DEFAULTS.num_rounds))
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, refresh_per_second=2,
+                   disable=not console.is_terminal)
+    task = bar.add_task("federated rounds", total=rounds)
+
     def on_round(row: dict) -> None:
         if row.get("round") is None:
             console.print(f"final: round {row['evaluated_round']} model scored")
             return
         acc = row.get("test_accuracy")
-        console.print(f"round {row['round']}: {row['aggregated']} sites, train loss "
-                      f"{row['train_loss']:.4f}; round {row['evaluated_round']} model "
-                      f"pooled test accuracy {'n/a' if acc is None else f'{acc:.4f}'} "
+        console.print(f"round {row['round']}/{rounds}: {row['aggregated']} sites "
+                      f"({row['silent']} silent, {len(row['excluded'])} excluded), train loss "
+                      f"{row['train_loss']:.4f}; round {row['evaluated_round']} model: pooled "
+                      f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'} "
                       f"({row['seconds']:.1f} s)")
+        bar.update(task, completed=row["round"])
 
     def on_term(*_):
         raise KeyboardInterrupt
@@ -164,7 +174,8 @@ def _run(options: DeploymentOptions) -> int:
         if first:
             options.save(Path(options.out) / "deployment.json")
         deployment.submit()
-        status = deployment.wait()
+        with bar:
+            status = deployment.wait()
         console.print(f"[green]run completed:[/] {status.get('message')} -> {options.out}")
         return 0
     except DeploymentError as exc:
