@@ -49,22 +49,10 @@ def _work(kind: str, node_config: dict, config: dict, arrays):
             log.error("the site worker is unreachable: %s", exc)
             raise SiteRefusal(E_INTERNAL, "the site worker is not running") from None
         if answer[0] == "refused":
-            raise _Relayed(answer[1], answer[2])
+            raise SiteRefusal(int(answer[1]), reason=str(answer[2]))
         return answer[1], answer[2]
     from .handlers import handle
     return handle(kind, node_config, config, arrays)
-
-
-class _Relayed(SiteRefusal):
-    """A refusal the worker already worded."""
-
-    def __init__(self, code: int, reason: str):
-        self._reason = str(reason)
-        super().__init__(int(code))
-
-    @property
-    def reason(self) -> str:
-        return self._reason
 
 
 def _dispatch(msg: Message, context: Context) -> Message:

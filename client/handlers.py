@@ -59,18 +59,23 @@ def _state(arrays: Arrays | None) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
 
 
-def hello(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[None, dict]:
-    data = _site(node_config, _train_config(cfg))
+def _prepared(node_config: dict, cfg: dict):
+    """(training config, the site's data) once the coordinator's fingerprint matches."""
+    config = _train_config(cfg)
+    data = _site(node_config, config)
     _check_fingerprint(cfg, data)
+    return config, data
+
+
+def hello(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[None, dict]:
+    _, data = _prepared(node_config, cfg)
     counts = data.counts()
     return None, {"num-examples": len(data.fit), "fit-counts": counts["fit"],
                   "val-counts": counts["val"], "test-counts": counts["test"]}
 
 
 def train(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[Arrays, dict]:
-    config = _train_config(cfg)
-    data = _site(node_config, config)
-    _check_fingerprint(cfg, data)
+    config, data = _prepared(node_config, cfg)
     state = _state(arrays)
     try:
         server_round, local_epochs = int(cfg["server-round"]), int(cfg["local-epochs"])
@@ -86,9 +91,7 @@ def train(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[Arrays, 
 
 
 def evaluate(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[None, dict]:
-    config = _train_config(cfg)
-    data = _site(node_config, config)
-    _check_fingerprint(cfg, data)
+    config, data = _prepared(node_config, cfg)
     temperatures = [float(t) for t in cfg.get("temperatures", [])] or None
     temperature = float(cfg.get("temperature", 1.0))
     return None, evaluate_weights(data, _state(arrays), config, temperatures, temperature)

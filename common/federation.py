@@ -56,14 +56,13 @@ TEMPERATURE_GRID = [round(float(t), 4) for t in np.geomspace(0.5, 5.0, 41)]
 class SiteRefusal(Exception):
     """A failure a site reports by code; ``detail`` is a template-built, data-free text."""
 
-    def __init__(self, code: int, detail: str = ""):
+    def __init__(self, code: int, detail: str = "", reason: str | None = None):
         self.code, self.detail = code, detail
+        base = ERRORS.get(code, ERRORS[E_INTERNAL])
+        # ``reason``: a text this module already built (relayed from the site worker)
+        self.reason = reason if reason is not None else (
+            f"{base}: {detail}" if detail else base)
         super().__init__(self.reason)
-
-    @property
-    def reason(self) -> str:
-        base = ERRORS.get(self.code, ERRORS[E_INTERNAL])
-        return f"{base}: {self.detail}" if self.detail else base
 
 
 def fingerprint(model: str, input_shape, pipeline_hash: str) -> dict[str, str]:

@@ -66,8 +66,8 @@ class Coordinator:
         self.config = settings.train_config()
         pipeline = default_pipeline()
         self.input_shape = tuple(pipeline.output_shape)
-        self.fingerprint = fingerprint(settings.model, self.input_shape, pipeline.hash())
         self.pipeline_hash = pipeline.hash()
+        self.fingerprint = fingerprint(settings.model, self.input_shape, self.pipeline_hash)
         self.pipeline_params = pipeline.params()
         self.aggregator = Aggregator(settings.strategy, settings.proximal_mu, settings.server_lr)
         self.declared: dict[int, int] = {}      # node id -> fit examples declared at hello
