@@ -4,7 +4,7 @@
                                               # preprocessing of 200 of its studies
     python -m benchmarks --patients 100       # a quicker look (scaled to 941 in the table)
     python -m benchmarks --only preprocess    # one group (cohort, preprocess, training,
-                                              # federation)
+                                              # federation, simulation)
 
 Each row gives the measured value, the target, and their ratio (<= 1.0 meets the target).
 """
@@ -192,12 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="write the cohort here and keep it")
     ap.add_argument("--studies", type=int, default=200,
                     help="studies for the preprocessing benchmark (default 200)")
-    ap.add_argument("--only", choices=("cohort", "preprocess", "training", "federation"),
+    ap.add_argument("--only", choices=("cohort", "preprocess", "training", "federation",
+                                       "simulation"),
                     help="run one group")
     ap.add_argument("--epochs", type=int, default=3,
                     help="timed epochs per loop in the training benchmark (default 3)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds of the federation benchmark (default 5)")
+    ap.add_argument("--data", type=Path, default=Path("data/cohort"),
+                    help="cohort of the simulation benchmark (written when missing)")
+    ap.add_argument("--cache", type=Path, default=Path("data/cache"),
+                    help="its preprocessing cache")
     args = ap.parse_args(argv)
     rows = []
     if args.only in (None, "cohort"):
@@ -212,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         from .federation import bench_federation
 
         rows += bench_federation(rounds=args.rounds)
+    if args.only in (None, "simulation"):
+        from .simulation import bench_simulation
+
+        rows += bench_simulation(args.data, args.cache)
     from rich.console import Console
     from rich.table import Table
 

@@ -55,11 +55,36 @@ def _work(kind: str, node_config: dict, config: dict, arrays):
     return handle(kind, node_config, config, arrays)
 
 
+def node_config(context: Context) -> dict:
+    """The site's node config; in simulation, the virtual hospital's.
+
+    Flower's simulation engine gives each virtual SuperNode only ``partition-id`` and
+    ``num-partitions``; the run config (set by ``spinemet simulate``) names the partition
+    file and the pooled cache. A real site's node config always names its ``site`` (as
+    ``spinemet-client`` writes it), so a run config can never redirect a real site's data.
+    """
+    node = dict(context.node_config)
+    if node.get("site") or "partition-id" not in node:
+        return node
+    run = dict(context.run_config)
+    partition, cache = str(run.get("sim-partition", "")), str(run.get("sim-cache", ""))
+    if not partition or not cache:
+        return node        # refused with E_NO_DATA by the handlers: no site, no cache
+    import json
+    from pathlib import Path
+    try:
+        names = sorted(json.loads(Path(partition).read_text())["hospitals"])
+        site = names[int(node["partition-id"])]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return node
+    return {**node, "site": site, "cache-path": cache, "partition-file": partition}
+
+
 def _dispatch(msg: Message, context: Context) -> Message:
     kind = msg.metadata.message_type
     try:
         config, arrays = _request(msg)
-        arrays_out, metrics = _work(kind, dict(context.node_config), config, arrays)
+        arrays_out, metrics = _work(kind, node_config(context), config, arrays)
     except SiteRefusal as refusal:
         log.error("refused %s: %s", kind, refusal.reason)
         return Message(Error(code=refusal.code, reason=refusal.reason), reply_to=msg)

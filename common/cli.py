@@ -43,6 +43,7 @@ def _root(
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per Control API call
 
 
 def _progress() -> Progress:
@@ -175,6 +176,10 @@ app.command("train")(train_command)
 app.command("predict")(predict_command)
 app.command("evaluate")(evaluate_command)
 app.command("summarise")(summarise_command)
+
+from .cli_simulate import simulate_command  # noqa: E402
+
+app.command("simulate")(simulate_command)
 
 from .cli_certs import certs_app  # noqa: E402
 

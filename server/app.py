@@ -33,8 +33,11 @@ def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
     try:
         if settings.test_cache:
             from .server_eval import load_held_out
+            config = coordinator.config
             coordinator.server_test = load_held_out(settings.test_cache,
-                                                    coordinator.pipeline_hash)
+                                                    coordinator.pipeline_hash,
+                                                    settings.test_split, config.split_seed,
+                                                    config.test_fraction)
         coordinator.wait_for_sites()
         if not state.global_counts:
             state.global_counts = coordinator.global_counts()
@@ -90,5 +93,12 @@ def _log_to_console() -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     _log_to_console()
-    settings = Settings.from_run_config(dict(context.run_config))
+    try:
+        settings = Settings.from_run_config(dict(context.run_config))
+    except ValueError as exc:   # say why in RUN/status.json too: the commands read it
+        out = str(dict(context.run_config).get("out-dir", "")).strip()
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            write_status(Path(out), "failed", 0, f"invalid run config: {exc}")
+        raise
     run_federation(grid, settings)

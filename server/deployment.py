@@ -29,9 +29,8 @@ from typing import Callable
 from ..common.certs import CoordinatorFiles, PkiError, load_enrolled_keys
 from ..common.processes import Child, flower_env, free_port, port_open
 from .fab import build_fab
-from .outputs import read_rounds, read_status
-from .superlink import (Control, SuperLinkError, SuperLinkPaths, reap_orphans, start_superlink,
-                        wait_healthy)
+from .superlink import (Control, RunFailed, SuperLinkError, SuperLinkPaths, follow_run,
+                        reap_orphans, start_superlink, wait_healthy)
 
 log = logging.getLogger("spinemet.server")
 
@@ -164,34 +163,11 @@ class Deployment:
 
     def wait(self, poll: float = 0.5) -> dict:
         """Follow the run until Flower says it finished; the ServerApp's status decides."""
-        seen = 0
-        while True:
-            state, sub, details = self.control.status(self.run_id)
-            rows = read_rounds(self.out)
-            for row in rows[seen:]:
-                if self.on_round:
-                    self.on_round(row)
-            seen = len(rows)
-            if state == "finished":
-                break
-            for child in self.children:
-                if not child.alive():
-                    raise DeploymentError(f"the {child.name} exited unexpectedly "
-                                          f"(see {child.log})")
-            time.sleep(poll)
-        self._save_logs()
-        status = read_status(self.out)
-        if sub != "completed" or status.get("state") != "completed":
-            reason = status.get("message") or details or f"Flower status {state}:{sub}"
-            raise DeploymentError(f"the run failed: {reason} (ServerApp log: "
-                                  f"{self.out / 'serverapp.log'})")
-        return status
-
-    def _save_logs(self) -> None:
         try:
-            (self.out / "serverapp.log").write_text(self.control.logs(self.run_id))
-        except Exception as exc:   # the log is a convenience; the status is what counts
-            log.debug("could not fetch the ServerApp log: %s", exc)
+            return follow_run(self.control, self.run_id, self.out, self.children,
+                              self.on_round, poll)
+        except RunFailed as exc:
+            raise DeploymentError(str(exc)) from None
 
     def stop(self) -> None:
         if self.control is not None and self.run_id is not None:

@@ -304,7 +304,18 @@ class Coordinator:
                                                   "temperature": temperature},
                                 best["weights"], self.settings.round_timeout, "calibrated")
         test = add_summaries([self._sum_replies(replies)], "test-")
-        metrics = metrics_from_summary(test)
+        if test.get("n", 0) > 0:
+            metrics = metrics_from_summary(test)
+            metrics["test_source"] = "sites (pooled)"
+        elif self.server_test is not None:
+            # simulation: the virtual hospitals hold training patients only
+            from .server_eval import evaluate_on
+            metrics = evaluate_on(self.server_test, self.config.model, self.input_shape,
+                                  best["weights"], temperature, 2000)
+            metrics["test_source"] = "coordinator"
+        else:
+            raise FederationError("no site has test patients and the coordinator has no "
+                                  "held-out set (--test-data): nothing to score the model on")
         metrics["ece_uncalibrated"] = best.get("ece_uncalibrated")
         return metrics, temperature
 

@@ -19,8 +19,13 @@ from ..common.training.loop import Tensors, load_tensors, predict_logits
 
 
 @lru_cache(maxsize=2)
-def load_held_out(cache: str, pipeline_hash: str) -> Tensors:
-    return load_tensors(SpineDataset(Path(cache), split="all", pipeline_hash=pipeline_hash))
+def load_held_out(cache: str, pipeline_hash: str, split: str = "all", split_seed: int = 0,
+                  test_fraction: float = 0.2) -> Tensors:
+    """Every labelled study of the cache (``all``), or the split's test patients (``test``:
+    the simulation's common test split, the same patients the centralized baseline tests
+    on)."""
+    return load_tensors(SpineDataset(Path(cache), split=split, seed=split_seed,
+                                     test_fraction=test_fraction, pipeline_hash=pipeline_hash))
 
 
 def evaluate_on(data: Tensors, model_name: str, input_shape, weights: dict[str, torch.Tensor],

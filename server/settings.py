@@ -31,6 +31,9 @@ class Settings:
     lr: float = 0.0                # 0: the model's default
     batch_size: int = 0            # 0: the model's default
     test_cache: str = ""           # coordinator-side labelled held-out set (a cache folder)
+    test_split: str = "all"        # its studies scored: all, or the split's test patients
+    sim_partition: str = ""        # simulation: partition.json of the virtual hospitals
+    sim_cache: str = ""            # simulation: the pooled cohort's preprocessing cache
     resume: bool = False
     max_examples: int = 100_000
 
@@ -61,6 +64,8 @@ class Settings:
             problems.append("num-rounds and local-epochs must be at least 1")
         if self.min_sites < 1:
             problems.append("min-sites must be at least 1")
+        if self.test_split not in ("all", "test"):
+            problems.append(f"test-split {self.test_split!r} is not 'all' or 'test'")
         if not 0 < self.fraction_train <= 1:
             problems.append("fraction-train must be in (0, 1]")
         if problems:

@@ -18,6 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -28,6 +29,10 @@ log = logging.getLogger("spinemet.server")
 
 class SuperLinkError(RuntimeError):
     pass
+
+
+class RunFailed(RuntimeError):
+    """The run ended failed (or a process it needs died); the message says where to look."""
 
 
 @dataclass
@@ -48,20 +53,26 @@ class SuperLinkPaths:
 
 
 def start_superlink(paths: SuperLinkPaths, port: int, certs: Path | None,
-                    threads: int | None = None) -> Child:
-    """``flower-superlink`` on 127.0.0.1:``port`` (TLS + auth unless ``certs`` is None)."""
+                    threads: int | None = None, simulation: bool = False,
+                    env: dict | None = None) -> Child:
+    """``flower-superlink`` on 127.0.0.1:``port`` (TLS + auth unless ``certs`` is None).
+
+    ``simulation``: Flower's simulation runtime (``--simulation``): a run's ServerApp and
+    its virtual SuperNodes' ClientApps run in one ``flwr-simulation`` process on Ray."""
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.flwr_home.mkdir(parents=True, exist_ok=True)
     cmd = [flower_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
            "--database", str(paths.database), "--disable-runtime-dependency-installation"]
+    if simulation:
+        cmd += ["--simulation"]
     if certs is not None:
         cmd += ["--ssl-ca-certfile", str(certs / "ca.crt"),
                 "--ssl-certfile", str(certs / "server.crt"),
                 "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth"]
     else:
         cmd += ["--insecure"]
-    return Child("superlink", cmd, paths.log, env=flower_env(paths.flwr_home, threads),
-                 cwd=paths.root)
+    return Child("superlink", cmd, paths.log,
+                 env={**flower_env(paths.flwr_home, threads), **(env or {})}, cwd=paths.root)
 
 
 def wait_healthy(address: str, ca: Path | None, child: Child | None = None,
@@ -166,14 +177,23 @@ class Control:
                 done[f"-{node.node_id}"] = f"unregistered ({node.name or 'unnamed'})"
         return done
 
-    def start_run(self, fab: bytes, fab_hash: str, overrides: dict) -> int:
+    def start_run(self, fab: bytes, fab_hash: str, overrides: dict,
+                  simulation: dict | None = None) -> int:
+        """Submit a run (as ``flwr run``); ``simulation`` is the federation config of a
+        simulation SuperLink, e.g. ``{"num_supernodes": 5, "client_resources_num_cpus": 1}``
+        (the fields of Flower's ``SimulationConfig``)."""
         from flwr.common.serde import fab_to_proto, user_config_to_proto
         from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.proto.federation_config_pb2 import SimulationConfig
         from flwr.supercore.fab import Fab
 
+        extra = {}
+        if simulation is not None:
+            extra["override_federation_config"] = SimulationConfig(**simulation)
         res = self.client.StartRun(StartRunRequest(
             fab=fab_to_proto(Fab(fab_hash, fab, {})),
-            override_config=user_config_to_proto(overrides), federation="", app_spec=""))
+            override_config=user_config_to_proto(overrides), federation="", app_spec="",
+            **extra))
         if not res.HasField("run_id"):
             raise SuperLinkError(f"the SuperLink did not accept the run: {res}")
         return int(res.run_id)
@@ -197,3 +217,38 @@ class Control:
         from flwr.proto.control_pb2 import StopRunRequest
 
         self.client.StopRun(StopRunRequest(run_id=run_id))
+
+
+def follow_run(control: Control, run_id: int, out: Path, children: list[Child],
+               on_round: Callable[[dict], None] | None = None, poll: float = 0.5) -> dict:
+    """Follow a run until Flower says it finished; the ServerApp's ``status.json`` decides.
+
+    ``flwr run`` would exit 0 on a failed ServerApp: this reads the run's status
+    (``finished:completed`` vs ``finished:failed``) and the app's own status file, calls
+    ``on_round`` for each new line of ``rounds.jsonl``, keeps the ServerApp's log in
+    ``out/serverapp.log`` and raises :class:`RunFailed` with the reason."""
+    from .outputs import read_rounds, read_status
+
+    seen = 0
+    while True:
+        state, sub, details = control.status(run_id)
+        rows = read_rounds(out)
+        for row in rows[seen:]:
+            if on_round:
+                on_round(row)
+        seen = len(rows)
+        if state == "finished":
+            break
+        for child in children:
+            if not child.alive():
+                raise RunFailed(f"the {child.name} exited unexpectedly (see {child.log})")
+        time.sleep(poll)
+    try:
+        (out / "serverapp.log").write_text(control.logs(run_id))
+    except Exception as exc:   # the log is a convenience; the status is what counts
+        log.debug("could not fetch the ServerApp log: %s", exc)
+    status = read_status(out)
+    if sub != "completed" or status.get("state") != "completed":
+        reason = status.get("message") or details or f"Flower status {state}:{sub}"
+        raise RunFailed(f"the run failed: {reason} (ServerApp log: {out / 'serverapp.log'})")
+    return status

@@ -1,0 +1,133 @@
+"""Simulation mode: federated vs centralized wall time at equal compute, and scale.
+
+On the default cohort's cache (written and preprocessed first when missing):
+
+* equal compute: ``spinemet train`` for R x E epochs against a simulation of R rounds x E
+  local epochs over 5 IID virtual hospitals (target: federated <= 1.5 x centralized). The
+  federated time is split into Flower's fixed start-up (SuperLink, simulation process, Ray,
+  the hospitals loading their tensors) and the rounds;
+* scale: 5, 20 and 100 virtual hospitals, a few rounds of one local epoch each, every
+  hospital in every round: wall time and peak memory of every process of the simulation
+  (the SuperLink, ``flwr-simulation`` and Ray's workers; proportional set size, so shared
+  pages count once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+
+def _pss_mib(tag: str) -> float:
+    """Summed PSS of every process whose environment carries ``tag`` (Linux /proc)."""
+    total = 0
+    needle = f"SPINEMET_BENCH_TAG={tag}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle not in (proc / "environ").read_bytes():
+                continue
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class PeakMemory:
+    def __init__(self, tag: str, every: float = 0.5):
+        self.tag, self.every, self.peak = tag, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _pss_mib(self.tag))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _ensure_data(data: Path, cache: Path):
+    from spinemet.common.cohort.spec import CohortSpec
+    from spinemet.common.dataset import SpineDataset
+    from spinemet.common.preprocess.pipeline import default_pipeline
+    from spinemet.simulations.centralized import prepare_data
+    from spinemet.simulations.reproduction import ensure_cohort
+
+    if not data.exists():
+        ensure_cohort(data, CohortSpec(), None, None, "default cohort")
+    summary = prepare_data(data, cache, None, None, default_pipeline())
+    entries = SpineDataset(cache, split="train", pipeline_hash=summary.pipeline_hash).entries
+    return [{"patient_id": e["patient_id"], "label": e["label"], "site": e["site"]}
+            for e in entries]
+
+
+def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds: int,
+               local_epochs: int) -> tuple[float, float, float]:
+    """(wall seconds, seconds in rounds, peak MiB) of one simulation."""
+    from spinemet.simulations.engine import SimulationRun, run_simulation
+    from spinemet.simulations.partition import (parse_partition, partition_patients,
+                                                write_partition)
+
+    spec = parse_partition("iid")
+    part = partition_patients(rows, hospitals, spec, seed=0)
+    root.mkdir(parents=True, exist_ok=True)
+    write_partition(root / "partition.json", part, rows, spec, 0)
+    tag = uuid.uuid4().hex
+    run_config = {"num-rounds": rounds, "local-epochs": local_epochs, "min-sites": hospitals,
+                  "sim-partition": str(root / "partition.json"), "sim-cache": str(cache),
+                  "test-cache": str(cache), "test-split": "test"}
+    with PeakMemory(tag) as mem:
+        status = run_simulation(SimulationRun(out=root / "run", run_config=run_config,
+                                              hospitals=hospitals, cpus=os.cpu_count(),
+                                              env={"SPINEMET_BENCH_TAG": tag}))
+    rows_out = [json.loads(x) for x in (root / "run" / "rounds.jsonl").read_text().splitlines()
+                if x.strip()]
+    in_rounds = sum(r.get("seconds", 0.0) for r in rows_out if r.get("round"))
+    return status["wall_seconds"], in_rounds, mem.peak
+
+
+def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/cache"),
+                     rounds: int = 10, local_epochs: int = 2,
+                     scales: tuple[int, ...] = (5, 20, 100), scale_rounds: int = 3
+                     ) -> list[tuple]:
+    from spinemet.common.training.protocol import TrainConfig
+    from spinemet.simulations.centralized import train_centralized
+
+    rows = _ensure_data(data, cache)
+    root = Path(tempfile.mkdtemp(prefix="spinemet-bench-sim-"))
+    epochs = rounds * local_epochs
+    t0 = time.monotonic()
+    train_centralized(data, cache, root / "central",
+                      TrainConfig.for_model("paper", epochs=epochs, seed=0))
+    central = time.monotonic() - t0
+    wall, in_rounds, _ = _federated(root / "fed-equal", cache, rows, 5, rounds, local_epochs)
+    out = [
+        (f"simulation: centralized, paper, {epochs} epochs ({len(rows)} training patients)",
+         f"{central:.0f} s", "", ""),
+        (f"simulation: federated, 5 IID hospitals, {rounds} rounds x {local_epochs} local "
+         "epochs", f"{wall:.0f} s", "", ""),
+        ("simulation: of which start-up (SuperLink, Ray, loading) and wind-down",
+         f"{wall - in_rounds:.0f} s", "", ""),
+        ("simulation: federated / centralized wall time at equal compute",
+         f"{wall / central:.2f}", "<= 1.5", f"{wall / central / 1.5:.2f}"),
+    ]
+    for n in scales:
+        wall, in_rounds, peak = _federated(root / f"scale-{n}", cache, rows, n, scale_rounds, 1)
+        out.append((f"simulation: {n} hospitals, {scale_rounds} rounds x 1 epoch (wall / in "
+                    "rounds)", f"{wall:.0f} s / {in_rounds:.0f} s", "", ""))
+        out.append((f"simulation: {n} hospitals, peak memory (PSS, all processes)",
+                    f"{peak:.0f} MiB", "", ""))
+    return out

@@ -1,0 +1,171 @@
+"""Simulation mode: virtual hospitals' data, the paired gap, and ``spinemet simulate`` end to
+end on Flower's simulation engine (small cohort: the numbers are about bookkeeping, not
+accuracy; the headline accuracy is in the README and comes from ``spinemet simulate`` on
+the default cohort)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from spinemet.client.app import node_config
+from spinemet.client.site_data import load_site
+from spinemet.common.preprocess.pipeline import default_pipeline
+from spinemet.common.training.data import split_tensors
+from spinemet.common.training.protocol import TrainConfig
+from spinemet.simulations.partition import (parse_partition, partition_patients,
+                                            write_partition)
+from spinemet.simulations.scoring import Scored, paired_gap
+
+BIN = Path(sys.executable).parent
+
+
+def _pooled(cache: Path):
+    config = TrainConfig.for_model("paper")
+    return config, split_tensors(cache, default_pipeline().hash(), config)
+
+
+def _partition(cache: Path, tmp_path: Path, n: int = 3) -> tuple[Path, dict, list[dict]]:
+    config, (fit, val, test) = _pooled(cache)
+    rows = [{"patient_id": p, "label": int(y), "site": s}
+            for t in (fit, val) for p, y, s in zip(t.patient_ids, t.y.tolist(), t.sites)]
+    part = partition_patients(rows, n, parse_partition("iid"), seed=3)
+    path = tmp_path / "partition.json"
+    write_partition(path, part, rows, parse_partition("iid"), 3)
+    return path, part, rows
+
+
+def test_virtual_hospitals_hold_exactly_the_pooled_training_patients(small_cache, tmp_path):
+    path, part, _ = _partition(small_cache, tmp_path)
+    config, (fit, val, test) = _pooled(small_cache)
+    fits, vals = [], []
+    for i, name in enumerate(sorted(part)):
+        ctx = SimpleNamespace(node_config={"partition-id": i, "num-partitions": len(part)},
+                              run_config={"sim-partition": str(path),
+                                          "sim-cache": str(small_cache)})
+        node = node_config(ctx)
+        assert node["site"] == name and node["cache-path"] == str(small_cache)
+        site = load_site(node, config)
+        assert len(site.test) == 0           # test patients stay with the coordinator
+        assert set(site.fit.patient_ids) | set(site.val.patient_ids) == set(part[name])
+        fits += site.fit.patient_ids
+        vals += site.val.patient_ids
+    # the federation fits and selects on exactly the centralized run's patients
+    assert sorted(fits) == sorted(fit.patient_ids)
+    assert sorted(vals) == sorted(val.patient_ids)
+    assert not set(fits + vals) & set(test.patient_ids)
+
+
+def test_a_real_site_node_config_is_never_redirected_by_the_run_config(tmp_path):
+    ctx = SimpleNamespace(node_config={"site": "A", "cache-path": "/data/A", "partition-id": 0},
+                          run_config={"sim-partition": str(tmp_path / "p.json"),
+                                      "sim-cache": "/elsewhere"})
+    assert node_config(ctx) == ctx.node_config
+
+
+def _scored(correct) -> Scored:
+    correct = np.asarray(correct, bool)
+    return Scored({}, correct, [f"p{i}" for i in range(len(correct))])
+
+
+def test_paired_gap_is_the_accuracy_difference_with_a_paired_interval():
+    rng = np.random.default_rng(0)
+    both = rng.random(400) < 0.9
+    gap, (lo, hi) = paired_gap([_scored(both)], [_scored(both)])
+    assert gap == 0 and lo == 0 and hi == 0      # identical answers: no gap, no spread
+    worse = both.copy()
+    worse[np.flatnonzero(both)[:20]] = False      # federated wrong on 20 more patients
+    gap, (lo, hi) = paired_gap([_scored(both)], [_scored(worse)])
+    assert gap == pytest.approx(100 * 20 / 400)
+    assert 0 <= lo < gap < hi
+    # paired: far narrower than the two models' separate bootstrap intervals (~ +-3 points)
+    assert hi - lo < 4.5
+    # two seeds: the mean of the per-seed gaps
+    gap2, _ = paired_gap([_scored(both), _scored(both)], [_scored(worse), _scored(both)])
+    assert gap2 == pytest.approx(100 * 10 / 400)
+    with pytest.raises(ValueError, match="same patients"):
+        paired_gap([_scored(both)], [Scored({}, both, [f"q{i}" for i in range(400)])])
+
+
+def _flower_processes(marker: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_simulate_end_to_end(small_cohort, small_cache, tmp_path):
+    out = tmp_path / "run"
+    cmd = [str(BIN / "spinemet"), "simulate", "--data", str(small_cohort.path), "--cache",
+           str(small_cache), "--out", str(out), "--sites", "3", "--rounds", "2",
+           "--local-epochs", "1", "--seeds", "0", "--extra-patients", "6",
+           "--extra-data", str(tmp_path / "extra"), "--workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rep = json.loads((out / "reproduction.json").read_text())
+    assert (rep["partition"], rep["sites"], rep["rounds"], rep["local_epochs"],
+            rep["central_epochs"], rep["strategy"]) == ("iid", 3, 2, 1, 2, "fedavg")
+    seed = out / "seed-0"
+    split = json.loads((seed / "central" / "split.json").read_text())
+    assert rep["n_patients"] == {"test": len(split["test"]), "extra": 6}
+    for part in ("test", "extra"):
+        central = rep["central"]["per_seed"]["0"][part]["accuracy"]
+        federated = rep["federated"]["per_seed"]["0"][part]["accuracy"]
+        assert rep["gap_pp"][part] == pytest.approx(100 * (central - federated))
+        lo, hi = rep["gap_ci_pp"][part]
+        assert lo <= rep["gap_pp"][part] <= hi
+        assert rep["central"][part]["accuracy"]["mean"] == pytest.approx(central)
+    for side in ("central", "federated"):
+        assert rep[side]["wall_seconds"]["mean"] > 0
+    # the hospitals hold the centralized run's training patients, and nothing else
+    hospitals = json.loads((seed / "partition.json").read_text())["hospitals"]
+    assert sorted(p for h in hospitals.values() for p in h["patients"]) == split["train"]
+    log = (seed / "federated" / "serverapp.log").read_text()
+    central = json.loads((seed / "central" / "metrics.json").read_text())
+    joined = [tuple(int(x) for x in line.split("joined: ")[1].split(" studies")[0:1]
+                    + line.split("fit, ")[1].split(" to validate")[0:1])
+              for line in log.splitlines() if "joined:" in line]
+    assert len(joined) == 3
+    assert sum(j[0] for j in joined) == central["n_fit"]
+    assert sum(j[1] for j in joined) == central["n_validation"]
+    rounds = [json.loads(x) for x in (seed / "federated" / "rounds.jsonl").read_text()
+              .splitlines() if x]
+    assert [r["round"] for r in rounds] == [1, 2, None]
+    assert all(0 <= r["server_test_accuracy"] <= 1 for r in rounds)
+    assert (out / "report.md").read_text().count("## Table 1") == 2
+    assert (out / "accuracy_per_round.png").read_bytes()[:4] == b"\x89PNG"
+    # the SuperLink it started (and its simulation process) are gone
+    assert _flower_processes(str(seed / "federated")) == []
+    # re-run with the same plan: everything is kept, nothing retrained
+    timing = (seed / "timing.json").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (seed / "timing.json").read_text() == timing
+    assert json.loads((out / "reproduction.json").read_text())["gap_pp"] == rep["gap_pp"]
+    # another plan in the same folder is refused, naming what differs
+    other = subprocess.run(cmd[:-2] + ["--workers", "1", "--rounds", "3"], capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode == 2 and "rounds" in other.stderr
+
+
+def test_a_failed_simulation_run_raises_and_leaves_no_process(small_cache, tmp_path):
+    from spinemet.simulations.engine import SimulationError, SimulationRun, run_simulation
+
+    path, part, _ = _partition(small_cache, tmp_path)
+    out = tmp_path / "fed"
+    with pytest.raises(SimulationError, match="strategy 'nonsense'"):
+        run_simulation(SimulationRun(out=out, hospitals=len(part), run_config={
+            "strategy": "nonsense", "sim-partition": str(path), "sim-cache": str(small_cache)}))
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert _flower_processes(str(out)) == []
