@@ -29,7 +29,13 @@ def simulate_command(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 20,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round; the centralized "
                                                    "baseline trains rounds x local epochs.")] = 5,
-    strategy: Annotated[str, typer.Option(help="fedavg | fedprox | fedadam")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help="fedavg | fedprox | fedavgm | fedadam")]
+    = "fedavg",
+    server_momentum: Annotated[float, typer.Option(help="FedAvgM's server momentum.")] = 0.9,
+    server_lr: Annotated[float, typer.Option(help="FedAvgM's server learning rate / "
+                                                  "FedAdam's eta; 0 = Flower's default "
+                                                  "(1.0 / 0.1).")] = 0.0,
+    proximal_mu: Annotated[float, typer.Option(help="FedProx's proximal term.")] = 0.01,
     model: Annotated[str, typer.Option(help="Model name (`spinemet models`).")] = "paper",
     seeds: Annotated[str, typer.Option(help="Training/partition seeds, e.g. 0 or 0,1,2,3,4.")]
     = "0",
@@ -82,7 +88,8 @@ def simulate_command(
                 cache=str(cache or data.resolve().parent / "cache"),
                 labels=str(labels) if labels else None,
                 sites=sites, partition=partition, rounds=rounds, local_epochs=local_epochs,
-                strategy=strategy, model=model, seeds=seed_list or (0,), fraction=fraction,
+                strategy=strategy, server_momentum=server_momentum, server_lr=server_lr,
+                proximal_mu=proximal_mu, model=model, seeds=seed_list or (0,), fraction=fraction,
                 extra_patients=extra_patients, extra_seed=extra_seed,
                 extra_data=str(extra_data) if extra_data else "",
                 cpus_per_client=cpus_per_client, workers=workers)

@@ -69,7 +69,7 @@ def serve(
         help="Local epochs per round (rounds x local epochs = the centralized epoch "
              "count).")] = DEFAULTS.local_epochs,
     model: Annotated[str, typer.Option(help="paper or resnet-gn.")] = DEFAULTS.model,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedprox or fedadam.")] = DEFAULTS.strategy,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedavgm (server momentum) or fedadam.")] = DEFAULTS.strategy,
     min_sites: Annotated[int, typer.Option(
         help="Sites that must join before training starts (and reply in each "
              "round).")] = DEFAULTS.min_sites,

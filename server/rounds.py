@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from ..common import __version__
@@ -69,7 +70,8 @@ class Coordinator:
         self.pipeline_hash = pipeline.hash()
         self.fingerprint = fingerprint(settings.model, self.input_shape, self.pipeline_hash)
         self.pipeline_params = pipeline.params()
-        self.aggregator = Aggregator(settings.strategy, settings.proximal_mu, settings.server_lr)
+        self.aggregator = Aggregator(settings.strategy, settings.proximal_mu, settings.server_lr,
+                                     settings.server_momentum)
         self.declared: dict[int, int] = {}      # node id -> fit examples declared at hello
         self.refused: dict[int, str] = {}
         self._counts: dict[int, list[int]] = {}   # node id -> fit class counts
@@ -99,13 +101,23 @@ class Coordinator:
     def _exchange(self, messages: list[Message], timeout: float) -> list[Message]:
         """``Grid.send_and_receive`` with a short poll: Flower's polls every 3 s, which
         would add up to 3 s to every round; this asks every ``POLL`` seconds."""
-        pending = set(self.grid.push_messages(messages))
+        ids = list(self.grid.push_messages(messages))
+        destination = {i: int(m.metadata.dst_node_id) for i, m in zip(ids, messages)}
+        pending = set(ids)
         pending.discard("")
         replies: list[Message] = []
         deadline = self.clock() + timeout
         while pending:
             got = list(self.grid.pull_messages(list(pending)))
-            replies.extend(got)
+            for m in got:
+                if int(m.metadata.src_node_id) == SUPERLINK_NODE_ID and m.has_error():
+                    # the SuperLink's own answer for a node that stopped sending heartbeats
+                    # (or a message that expired): the node is silent, not a site error
+                    log.warning("SuperLink: node %s: %s (code %d)",
+                                destination.get(m.metadata.reply_to_message_id, "?"),
+                                m.error.reason, m.error.code)
+                else:
+                    replies.append(m)
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or self.clock() >= deadline:
                 break

@@ -21,7 +21,8 @@ class Settings:
     model: str = "paper"
     strategy: str = "fedavg"
     proximal_mu: float = 0.01      # FedProx only
-    server_lr: float = 0.1         # FedAdam only (eta)
+    server_lr: float = 0.0         # FedAdam's eta / FedAvgM's server lr; 0: Flower's default
+    server_momentum: float = 0.9   # FedAvgM only
     min_sites: int = 2
     fraction_train: float = 1.0
     wait_for_sites: float = 600.0  # seconds to wait for min_sites before failing
@@ -66,6 +67,8 @@ class Settings:
             problems.append("min-sites must be at least 1")
         if self.test_split not in ("all", "test"):
             problems.append(f"test-split {self.test_split!r} is not 'all' or 'test'")
+        if self.server_lr < 0 or not 0 <= self.server_momentum < 1:
+            problems.append("server-lr must be >= 0 and server-momentum in [0, 1)")
         if not 0 < self.fraction_train <= 1:
             problems.append("fraction-train must be in (0, 1]")
         if problems:

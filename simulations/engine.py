@@ -10,9 +10,9 @@ Flower says it finished, its status read (``flwr run`` exits 0 on a failed Serve
 the SuperLink stopped at the end, also on failure or Ctrl-C.
 
 Flower's ``flwr-simulation`` process runs the ServerApp and the virtual SuperNodes'
-ClientApps on Ray. Ray starts a local instance on this machine, or joins an existing
-cluster when ``RAY_ADDRESS`` is set (Flower's own Ray settings take no address): the
-variable reaches ``flwr-simulation`` through the SuperLink's environment.
+ClientApps on Ray. Ray starts a local instance of its own on this machine, or joins an
+existing cluster when ``RAY_ADDRESS`` is set (Flower's own Ray settings take no address):
+the variable reaches ``flwr-simulation`` through the SuperLink's environment.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def simulation_config(sim: SimulationRun) -> dict:
     """Flower's ``SimulationConfig`` fields for the run."""
     config = {"num_supernodes": sim.hospitals, "client_resources_num_cpus": sim.cpus_per_client,
               "init_args_logging_level": "warning", "init_args_log_to_driver": False}
-    if sim.cpus and not os.environ.get("RAY_ADDRESS"):
+    # on an existing cluster Ray refuses num_cpus: the cluster's nodes say what they have
+    address = sim.env.get("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or "local"
+    if sim.cpus and address == "local":
         config["init_args_num_cpus"] = sim.cpus
     return config
 
@@ -64,8 +66,13 @@ def run_simulation(sim: SimulationRun) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = SuperLinkPaths(out / "superlink")
     address = f"127.0.0.1:{free_port()}"
+    env = dict(sim.env)
+    if not (env.get("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")):
+        # a Ray instance of its own: without an address, ray.init() would join whatever
+        # cluster the last `ray start` on this machine left in /tmp/ray
+        env["RAY_ADDRESS"] = "local"
     superlink = start_superlink(paths, int(address.rsplit(":", 1)[1]), None, sim.threads,
-                                simulation=True, env=sim.env)
+                                simulation=True, env=env)
     control, run_id = None, None
     try:
         try:

@@ -64,6 +64,9 @@ class Plan:
     rounds: int = 20
     local_epochs: int = 5
     strategy: str = "fedavg"
+    server_momentum: float = 0.9     # fedavgm
+    server_lr: float = 0.0           # fedavgm / fedadam (0: Flower's default)
+    proximal_mu: float = 0.01        # fedprox
     model: str = "paper"
     seeds: tuple[int, ...] = (0,)
     split_seed: int = 0
@@ -206,6 +209,8 @@ def run_seed(plan: Plan, seed: int, train_rows: list[dict], progress: Progress |
         run_config = {
             "num-rounds": plan.rounds, "local-epochs": plan.local_epochs, "model": plan.model,
             "strategy": plan.strategy, "seed": seed, "split-seed": plan.split_seed,
+            "server-momentum": plan.server_momentum, "server-lr": plan.server_lr,
+            "proximal-mu": plan.proximal_mu,
             "min-sites": max(1, math.ceil(plan.fraction * len(partition))),
             "fraction-train": plan.fraction,
             "sim-partition": str((root / "partition.json").resolve()),

@@ -23,11 +23,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
 
 
 class Proc:
-    def __init__(self, name: str, cmd: list[str], log: Path):
+    def __init__(self, name: str, cmd: list[str], log: Path, env: dict | None = None):
         self.name, self.log = name, log
         self._fh = open(log, "wb")
-        self.p = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=ENV,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        self.p = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT,
+                                  env={**ENV, **(env or {})}, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -70,15 +71,15 @@ class Procs:
                            [str(BIN / "flower-server"), "--resume", str(out)])
 
     def client(self, site: str, data: Path, server: str, certs: Path | None, cache: Path,
-               runtime_port: int, *args: str) -> Proc:
+               runtime_port: int, *args: str, env: dict | None = None) -> Proc:
         cmd = [str(BIN / "spinemet-client"), "--site", site, "--data", str(data),
                "--server", server, "--cache", str(cache), "--runtime-port", str(runtime_port),
                "--threads", "1", "--workers", "1", *args]
         cmd += ["--certs", str(certs)] if certs else ["--insecure"]
-        return self._start(f"client-{site}-{cache.name}", cmd)
+        return self._start(f"client-{site}-{cache.name}", cmd, env)
 
-    def _start(self, name: str, cmd: list[str]) -> Proc:
-        proc = Proc(name, cmd, self.root / f"{name}-{len(self.started)}.log")
+    def _start(self, name: str, cmd: list[str], env: dict | None = None) -> Proc:
+        proc = Proc(name, cmd, self.root / f"{name}-{len(self.started)}.log", env)
         self.started.append(proc)
         return proc
 

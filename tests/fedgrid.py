@@ -3,13 +3,16 @@
 Each node id maps to a node config; ``send_and_receive`` hands every message to the real
 SpineMet ClientApp in this process, the way a SuperNode would, and returns the replies with
 their source node set. Nodes can be made silent (no reply, like a killed site) or given a
-reply rewriter ``(instruction, reply) -> reply`` (to forge a bad update).
+reply rewriter ``(instruction, reply) -> reply`` (to forge a bad update). A node in
+``unavailable`` gets the answer a SuperLink gives once the node's heartbeats stop: Flower's
+own "Node Unavailable" error reply, sent by the SuperLink (not by the node).
 """
 
 from __future__ import annotations
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.supercore.task_identity import TaskIdentity
 
 from spinemet.client.app import app as client_app
@@ -19,6 +22,7 @@ class InProcessGrid(Grid):
     def __init__(self, nodes: dict[int, dict], run_config: dict | None = None):
         self.nodes = dict(nodes)
         self.silent: set[int] = set()
+        self.unavailable: set[int] = set()
         self.rewrite: dict[int, callable] = {}
         self.sent: list[Message] = []
         self.replies: list[Message] = []
@@ -61,6 +65,10 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_message_id"] = f"m{self._count}"
             ids.append(msg.metadata.message_id)
             self.sent.append(msg)
+            if node in self.unavailable:
+                out.append(create_message_error_unavailable_res_message(msg.metadata,
+                                                                        "node_unavail"))
+                continue
             if node in self.silent or node not in self.nodes:
                 continue
             ctx = Context(run_id=1, node_id=node, node_config=self.nodes[node],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -212,18 +213,33 @@ def test_enrolment_and_run_submission_are_refused_from_outside(happy):
     assert c["internal-from-loopback"] == 0
 
 
-def test_a_site_killed_mid_round_times_out_and_the_run_completes(federation, tmp_path):
+def test_a_site_killed_mid_round_and_a_site_sending_nan_weights(federation, tmp_path):
+    """Three sites and a fourth running modified code (its train replies carry NaN
+    weights, ``tests/faulty_site``); --min-sites 2. One of the three is SIGKILLed during
+    round 1: its rounds time out, the NaN replies are excluded with the reason, and the run
+    completes on the two good sites."""
+    from spinemet.common.certs import add_site
+
     fed = federation
+    pki = tmp_path / "pki"
+    shutil.copytree(fed["pki"], pki)
+    add_site(pki, "hospital-x")                   # enrolled like any site
     procs = Procs(tmp_path)
     port = free_port(PUBLIC)
     run = tmp_path / "run"
-    server = procs.server(run, fed["pki"] / "coordinator", PUBLIC, port, "--rounds", "2",
+    server = procs.server(run, pki / "coordinator", PUBLIC, port, "--rounds", "2",
                           "--local-epochs", "1", "--min-sites", "2", "--wait-for-sites", "300",
-                          "--round-timeout", "10", "--seed", "5")
+                          "--round-timeout", "30", "--seed", "5")
     try:
         clients = _clients(procs, fed, f"{PUBLIC}:{port}", "kill")
+        faulty_cache = tmp_path / "cache-faulty"
+        copy_cache(fed["caches"][fed["sites"][0]], faulty_cache)
+        faulty = procs.client("hospital-x", fed["data"][fed["sites"][0]], f"{PUBLIC}:{port}",
+                              pki / "sites" / "hospital-x", faulty_cache, free_port(),
+                              env={"PYTHONPATH": str(Path(__file__).parent / "faulty_site"),
+                                   "SPINEMET_TEST_FAULT": "nan"})
         wait_for(lambda: status(run).get("message") == "round 1", 400, "round 1",
-                 [server, *clients.values()])
+                 [server, faulty, *clients.values()])
         victim = clients[fed["sites"][2]]
         victim.kill()                        # SIGKILL: SuperNode and worker die with it
         assert server.wait(600) == 0, server.text()[-3000:]
@@ -232,8 +248,12 @@ def test_a_site_killed_mid_round_times_out_and_the_run_completes(federation, tmp
     rows = rounds(run)
     assert status(run)["state"] == "completed"
     assert [r["round"] for r in rows] == [1, 2, None]
+    for r in rows[:2]:                       # the NaN site: sampled, replied, excluded
+        assert r["aggregated"] == r["sampled"] - 1 - r["silent"], r
+        assert len(r["excluded"]) == 1 and "NaN or Inf" in r["excluded"][0], r
     assert any(r["silent"] == 1 and r["aggregated"] == 2 for r in rows[:2]), rows
-    assert "did not reply" in (run / "serverapp.log").read_text()
+    log = (run / "serverapp.log").read_text()
+    assert "did not reply" in log and "excluded:" in log and "holds NaN or Inf" in log
 
 
 def test_a_killed_coordinator_resumes_and_ends_with_the_same_weights(federation, happy,

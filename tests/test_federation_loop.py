@@ -220,6 +220,28 @@ def test_a_silent_site_does_not_stop_the_run(small_cache, tmp_path):
     assert read_status(tmp_path / "run")["state"] == "completed"
 
 
+def test_a_node_the_superlink_reports_unavailable_is_silent_not_excluded(small_cache,
+                                                                       tmp_path):
+    """A killed site's messages come back as the SuperLink's own "Node Unavailable" error
+    (source: the SuperLink): the site counts as silent, nothing is reported as excluded."""
+    grid = InProcessGrid(nodes(small_cache))
+    original = grid.send_and_receive
+
+    def kill_after_round_1(messages, **kw):
+        if any(m.metadata.message_type == "train" and m.metadata.group_id == "2"
+               for m in messages):
+            grid.unavailable.add(BIG + 103)
+        return original(messages, **kw)
+
+    grid.send_and_receive = kill_after_round_1
+    run_federation(grid, settings(tmp_path / "run", num_rounds=2, min_sites=2), **no_wait())
+    rows = read_rounds(tmp_path / "run")
+    assert rows[0]["aggregated"] == 3 and rows[0]["silent"] == 0
+    assert rows[1]["aggregated"] == 2 and rows[1]["silent"] == 1, rows[1]
+    assert rows[1]["excluded"] == [], rows[1]
+    assert read_status(tmp_path / "run")["state"] == "completed"
+
+
 def test_too_few_sites_fails_at_the_deadline_with_advice(small_cache, tmp_path):
     grid = InProcessGrid(dict(list(nodes(small_cache).items())[:1]))
     with pytest.raises(FederationError, match="only 1 of the 3 sites.*--min-sites"):
@@ -231,7 +253,7 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedprox"])
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedprox", "fedavgm"])
 def test_resume_after_a_crash_ends_with_the_same_weights(small_cache, tmp_path, strategy):
     kw = dict(num_rounds=3, strategy=strategy, server_lr=0.05)
     whole = tmp_path / "whole"

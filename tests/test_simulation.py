@@ -6,6 +6,7 @@ the default cohort)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,76 @@ def test_a_failed_simulation_run_raises_and_leaves_no_process(small_cache, tmp_p
             "strategy": "nonsense", "sim-partition": str(path), "sim-cache": str(small_cache)}))
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
     assert _flower_processes(str(out)) == []
+
+
+def _actor_raylets() -> set[int]:
+    """Parent PIDs (the raylets) of the running ``ray::ClientAppActor`` processes."""
+    parents = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"ray::ClientAppActor"):
+                continue
+            stat = (proc / "stat").read_text()
+            parents.add(int(stat.rsplit(")", 1)[1].split()[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return parents
+
+
+def test_simulation_on_an_existing_ray_cluster(small_cache, tmp_path):
+    """Scale-out: `ray start --head` and a second node on loopback, RAY_ADDRESS, and the
+    virtual hospitals' ClientApps run on both nodes."""
+    import threading
+    import time
+
+    from spinemet.common.processes import Child, free_port, port_open
+    from spinemet.simulations.engine import SimulationRun, run_simulation
+
+    import shutil
+    import tempfile
+
+    path, part, _ = _partition(small_cache, tmp_path, n=2)
+    port = free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # Unix socket paths are short
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--block"]
+    nodes = [Child("ray-head", [str(BIN / "ray"), "start", "--head", "--port", str(port),
+                                "--temp-dir", ray_tmp, "--include-dashboard",
+                                "false", "--disable-usage-stats", *common],
+                   tmp_path / "ray-head.log", env)]
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update(_actor_raylets())
+            stop.wait(0.3)
+
+    try:
+        deadline = time.monotonic() + 180
+        while not port_open("127.0.0.1", port):
+            assert nodes[0].alive() and time.monotonic() < deadline, nodes[0].text()[-2000:]
+            time.sleep(0.5)
+        nodes.append(Child("ray-worker", [str(BIN / "ray"), "start", "--address",
+                                          f"127.0.0.1:{port}", *common],
+                           tmp_path / "ray-worker.log", env))
+        while "block forever" not in nodes[1].text():
+            assert nodes[1].alive() and time.monotonic() < deadline, nodes[1].text()[-2000:]
+            time.sleep(0.5)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        status = run_simulation(SimulationRun(
+            out=tmp_path / "fed", hospitals=2, env={"RAY_ADDRESS": f"127.0.0.1:{port}"},
+            run_config={"num-rounds": 2, "local-epochs": 1, "min-sites": 2,
+                        "sim-partition": str(path), "sim-cache": str(small_cache),
+                        "test-cache": str(small_cache), "test-split": "test"}))
+        stop.set()
+        watcher.join()
+        assert status["state"] == "completed" and status["round"] == 2
+        # one ClientApp actor per node: each node's raylet parented one
+        assert len(seen) == 2, seen
+    finally:
+        stop.set()
+        for node in reversed(nodes):
+            node.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
