@@ -1,4 +1,5 @@
-# SpineMet-FL: `make run` sets everything up and runs the main job; `make test` runs the tests.
+# SpineMet-FL: `make run` sets everything up and runs the main job (centralized vs federated
+# on the default cohort, one seed); `make test` runs the tests.
 # Both create the virtual environment first (idempotent: it is rebuilt only when
 # pyproject.toml or constraints.txt change).
 PYTHON ?= python3
@@ -7,13 +8,16 @@ BIN    := $(VENV)/bin
 DATA   ?= data/cohort
 CACHE  ?= data/cache
 RUNS   ?= runs
-EXTRA  ?= data/extra
 EXTRA_PATIENTS ?= 600
 EXTRA_SEED     ?= 1000
+EXTRA  ?= data/extra-$(EXTRA_PATIENTS)-s$(EXTRA_SEED)
 SEEDS  ?= 0 1 2 3 4
 MODELS ?= paper resnet-gn
+STRATEGIES ?= fedavg fedprox fedadam
+SIMULATE = $(BIN)/spinemet simulate --data $(DATA) --cache $(CACHE) \
+	--extra-patients $(EXTRA_PATIENTS) --extra-seed $(EXTRA_SEED)
 
-.PHONY: setup run test bench reproduce clean
+.PHONY: setup run test bench reproduce reproduce-federated clean
 
 $(VENV)/.setup-stamp: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +27,19 @@ $(VENV)/.setup-stamp: pyproject.toml constraints.txt
 
 setup: $(VENV)/.setup-stamp
 
+# The cohort (when missing), preprocessing (cached), the extra test cohort, the centralized
+# baseline and the federated run (5 IID virtual hospitals, FedAvg) for seed 0, the report.
 run: setup
-	$(BIN)/spinemet cohort --out $(DATA)
-	$(BIN)/spinemet train --data $(DATA) --cache $(CACHE) --out $(RUNS)/paper --overwrite
+	$(SIMULATE) --out $(RUNS)/simulation --seeds 0
+
+# The README's federated results: IID over five seeds; Dirichlet(0.5) label skew with each
+# strategy; the cohort's own sites. Each finished side of each seed is kept on a re-run.
+reproduce-federated: setup
+	$(SIMULATE) --out $(RUNS)/sim-iid-fedavg --seeds $(shell echo $(SEEDS) | tr ' ' ,)
+	for s in $(STRATEGIES); do \
+	  $(SIMULATE) --out $(RUNS)/sim-dir05-$$s --seeds 0 --partition dirichlet:0.5 \
+	    --strategy $$s || exit 1; done
+	$(SIMULATE) --out $(RUNS)/sim-site-fedavg --seeds 0 --partition site
 
 # The README's calibration table: each model over five training seeds on the default cohort,
 # each run also scored on a large extra cohort drawn from another seed.
@@ -40,7 +54,7 @@ reproduce: setup
 	$(BIN)/spinemet summarise $(foreach m,$(MODELS),$(foreach s,$(SEEDS),$(RUNS)/$(m)-seed$(s)))
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: setup
 	$(BIN)/python -m benchmarks

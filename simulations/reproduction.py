@@ -71,16 +71,36 @@ class Plan:
     seeds: tuple[int, ...] = (0,)
     split_seed: int = 0
     fraction: float = 1.0
-    extra_patients: int = 3000
+    extra_patients: int = 600
     extra_seed: int = 1000
     extra_data: str = ""
     cpus_per_client: int = 1
     workers: int | None = None
     make_cohort: bool = True
+    central_epochs_override: int = 0   # 0: rounds x local epochs (equal compute)
 
     @property
     def central_epochs(self) -> int:
-        return self.rounds * self.local_epochs
+        return self.central_epochs_override or self.rounds * self.local_epochs
+
+    @property
+    def equal_compute(self) -> bool:
+        return self.central_epochs == self.rounds * self.local_epochs and self.fraction >= 1
+
+    def compute_text(self) -> str:
+        """How the two sides' training maps onto each other (``reproduction.json``)."""
+        federated = (f"{self.rounds} rounds x {self.local_epochs} local epochs at every "
+                     "hospital")
+        if self.central_epochs == self.rounds * self.local_epochs:
+            text = f"centralized {self.central_epochs} epochs = {federated}"
+        else:
+            ratio = self.rounds * self.local_epochs / self.central_epochs
+            text = (f"centralized {self.central_epochs} epochs; federated {federated} "
+                    f"(each training study seen {self.rounds * self.local_epochs} times: "
+                    f"{ratio:.2g}x the centralized compute, NOT equal compute)")
+        if self.fraction < 1:
+            text += f" (x fraction {self.fraction}: NOT equal compute)"
+        return text
 
     def extra_paths(self) -> tuple[Path, Path]:
         data = Path(self.extra_data) if self.extra_data else (
@@ -92,6 +112,8 @@ class Plan:
         d = asdict(self)
         for k in ("seeds", "workers", "make_cohort", "out"):
             d.pop(k)
+        if not d["central_epochs_override"]:   # equal compute: the key as it always was
+            d.pop("central_epochs_override")
         return d
 
 
@@ -256,10 +278,7 @@ def summarise(plan: Plan, results: list[SeedResult], n_partition: int) -> dict:
         "local_epochs": plan.local_epochs, "central_epochs": plan.central_epochs,
         "strategy": plan.strategy, "model": plan.model, "fraction": plan.fraction,
         "seeds": [r.seed for r in results], "split_seed": plan.split_seed,
-        "equal_compute": (f"centralized {plan.central_epochs} epochs = {plan.rounds} rounds x "
-                          f"{plan.local_epochs} local epochs at every hospital"
-                          + ("" if plan.fraction >= 1 else
-                             f" (x fraction {plan.fraction}: NOT equal compute)")),
+        "equal_compute": plan.compute_text(), "is_equal_compute": plan.equal_compute,
         "extra_cohort": ({"patients": plan.extra_patients, "seed": plan.extra_seed,
                           "path": str(plan.extra_paths()[0])} if "extra" in parts else None),
     }

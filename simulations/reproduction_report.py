@@ -81,7 +81,8 @@ def verdicts(summary: dict) -> list[str]:
     status = "met" if ratio <= WALL_TARGET else f"MISSED by {ratio - WALL_TARGET:.2f}x"
     lines.append(f"- Wall time federated / centralized at equal compute <= {WALL_TARGET:g}: "
                  f"{ratio:.2f} -> **{status}** (the federated time includes Flower's SuperLink "
-                 "and Ray start-up)")
+                 "and Ray start-up)" + ("" if summary.get("is_equal_compute", True) else
+                                        "; this run is NOT at equal compute"))
     return lines
 
 
@@ -97,7 +98,7 @@ def write_reproduction_report(out: Path, summary: dict, results) -> Path:
         f"# Federated vs centralized: `{summary['model']}`, {summary['strategy']}, "
         f"{summary['sites']} hospitals, partition `{summary['partition']}`",
         "",
-        f"Equal compute: {summary['equal_compute']}. Seeds {summary['seeds']} (training seed "
+        f"Compute: {summary['equal_compute']}. Seeds {summary['seeds']} (training seed "
         f"and partition seed; the 80/20 split keeps split seed {summary['split_seed']}). Both "
         "models are scored by the coordinator on the same patients at their own calibrated "
         "temperature. **On the synthetic cohort, accuracy is a property of the software, not "

@@ -123,3 +123,20 @@ def small_cache(small_cohort, tmp_path_factory) -> Path:
     summary = preprocess(small_cohort.path, cache, small_cohort.labels, workers=WORKERS)
     assert not summary.failed, summary.failed
     return cache
+
+
+# ----------------------------------------------------------------------------- pytest-xdist
+
+#: Modules that must run in one worker: they share an expensive session fixture
+#: (the 240-patient cohort), or they start Ray, whose processes the Ray-cluster test
+#: counts machine-wide.
+_SHARED_WORKER = {"test_saliency": "test_shortcuts", "test_flwr_run": "test_simulation"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` (``make test``) a module's tests stay in one
+    worker, so its module-scoped fixtures (cohorts, caches, a running federation) are built
+    once; the modules in :data:`_SHARED_WORKER` go with their partner."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(_SHARED_WORKER.get(module, module)))

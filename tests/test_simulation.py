@@ -243,3 +243,20 @@ def test_simulation_on_an_existing_ray_cluster(small_cache, tmp_path):
         for node in reversed(nodes):
             node.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_plan_says_whether_the_two_sides_train_at_equal_compute():
+    from spinemet.simulations.reproduction import Plan
+
+    equal = Plan(data="d", out="o", cache="c", rounds=20, local_epochs=5)
+    assert equal.central_epochs == 100 and equal.equal_compute
+    assert equal.compute_text() == ("centralized 100 epochs = 20 rounds x 5 local epochs at "
+                                    "every hospital")
+    assert "central_epochs_override" not in equal.key()    # older plan.json files still match
+    more = Plan(data="d", out="o", cache="c", rounds=100, local_epochs=5,
+                central_epochs_override=100)
+    assert more.central_epochs == 100 and not more.equal_compute
+    assert "5x the centralized compute, NOT equal compute" in more.compute_text()
+    assert more.key()["central_epochs_override"] == 100
+    sampled = Plan(data="d", out="o", cache="c", fraction=0.5)
+    assert not sampled.equal_compute and "NOT equal compute" in sampled.compute_text()
