@@ -17,6 +17,7 @@ One sagittal series is rendered in these steps (each a function, in this order):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage, signal
@@ -98,15 +99,28 @@ class TissueModel:
         amp = np.zeros(256, np.float32)
         for tissue, a in _TEXTURE.items():
             amp[int(tissue)] = a
-        modulation = amp[labels]
+        modulation = amp.take(labels)    # = amp[labels], without widening the uint8 index
         modulation *= texture
         modulation += 1.0
         fluid = (labels == Tissue.VISCERA) & (texture > norm.isf(bowel_fluid))
         return cls(labels, mix, modulation, fluid)
 
+    @cached_property
+    def blended(self) -> np.ndarray:
+        """Flat indices of the lesion voxels of lower conspicuity (mix < 1): a few hundred."""
+        return np.flatnonzero(self.mix < 1.0)
+
+    @cached_property
+    def fluid_at(self) -> np.ndarray:
+        """Flat indices of the fluid-filled bowel voxels."""
+        return np.flatnonzero(self.fluid)
+
     def sampled(self, rows: np.ndarray, cols: np.ndarray) -> "TissueModel":
         """The model at the given (1-D) row and column indices of each slice."""
-        return TissueModel(*(a.take(rows, axis=1).take(cols, axis=2)
+        k, _, c = self.labels.shape
+        at = (rows[:, None] * c + cols[None, :]).ravel()   # flat in-plane indices, row-major
+        shape = (k, rows.size, cols.size)
+        return TissueModel(*(a.reshape(k, -1).take(at, axis=1).reshape(shape)
                              for a in (self.labels, self.mix, self.modulation, self.fluid)))
 
 
@@ -116,15 +130,16 @@ def relative_signal(model: TissueModel, sequence: str, marrow_fat: float,
     lut = signal_lut(sequence, marrow_fat)
     if sequence != "T1":
         lut[int(Tissue.NUCLEUS)] *= disc_hydration
-    img = lut[model.labels]
-    blended = model.mix < 1.0
-    if blended.any():   # a lesion of lower conspicuity: part-way between marrow and tumour
+    # On the flattened volume: lesions and fluid are a few voxels, reached by their indices.
+    img = lut.take(model.labels.reshape(-1))    # = lut[labels], not widening the uint8 index
+    at = model.blended
+    if at.size:   # a lesion of lower conspicuity: part-way between marrow and tumour
         marrow = marrow_signal(marrow_fat)[("T1", "T2", "STIR").index(sequence)]
-        img[blended] = marrow + model.mix[blended] * (img[blended] - marrow)
-    img *= model.modulation
+        img[at] = marrow + model.mix.reshape(-1)[at] * (img[at] - marrow)
+    img *= model.modulation.reshape(-1)
     if sequence != "T1":   # fluid-filled bowel loops are bright on T2 and STIR
-        img[model.fluid] += fluid_signal
-    return np.clip(img, 0.0, None, out=img)
+        img[model.fluid_at] += fluid_signal
+    return np.clip(img, 0.0, None, out=img).reshape(model.labels.shape)
 
 
 #: In-plane point-spread function of k-space truncation and filtering, Gaussian sigma (pixels).
@@ -221,15 +236,15 @@ def render_series(model: TissueModel, reference: Grid, marrow_fat: float,
     # Where the signal is well above the noise (> 5 sigma), the magnitude of signal plus
     # complex noise equals signal + real noise to within 0.1 sigma (the imaginary part adds
     # n_i^2 / 2S): draw the imaginary part only where it matters (air, cortex, dark tissue).
-    low = img < 5.0 * noise
+    low = np.flatnonzero(img < 5.0 * noise)     # flat indices, in the order of a mask
     gaussian = _gaussian_stream(rng, float(noise))
     img += gaussian(img.shape)
-    magnitude = img
-    magnitude[low] = np.hypot(img[low], gaussian((int(low.sum()),)))
+    magnitude = img.reshape(-1)
+    magnitude[low] = np.hypot(magnitude[low], gaussian((low.size,)))
     # Quantise: round to the nearest stored value (adding 0.5 and truncating), clipped to
     # BitsStored. Above 5 sigma the magnitude is signal + real noise, negative with
     # probability 3e-7: such a voxel is stored as 0 rather than as its absolute value.
     magnitude += 0.5
     top = 2 ** profile.bits_stored - 1
-    stored = np.clip(magnitude, 0.0, top, out=magnitude).astype(np.uint16)
+    stored = np.clip(magnitude, 0.0, top, out=magnitude).astype(np.uint16).reshape(img.shape)
     return RenderedSeries(stored, grid, bias, ghost, float(sigma), float(gain))

@@ -14,6 +14,7 @@ scanner's isocentre (0, 0, 0) lies near the L3 body: a lumbar exam is centred th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -230,6 +231,11 @@ class SpineMaps:
     y: np.ndarray   # patient y of each column
     z: np.ndarray   # patient z of each row
 
+    @cached_property
+    def row_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Smallest and largest s, then v, of each row."""
+        return self.s.min(axis=1), self.s.max(axis=1), self.v.min(axis=1), self.v.max(axis=1)
+
 
 def spine_maps(anatomy: SpineAnatomy, grid: Grid, coarse: int = 4) -> SpineMaps:
     """Arc length and normal distance to the centre line for each pixel of the plane.
@@ -286,9 +292,16 @@ class _Block:
 
     def __init__(self, maps: SpineMaps, anatomy: SpineAnatomy, xs: np.ndarray,
                  s_range: tuple[float, float], v_range: tuple[float, float]):
-        inside = ((maps.s >= s_range[0]) & (maps.s <= s_range[1])
-                  & (maps.v >= v_range[0]) & (maps.v <= v_range[1]))
-        rows = np.flatnonzero(inside.any(axis=1))
+        # Only the rows whose ranges of s and v meet the block's can hold a pixel of it.
+        s_lo, s_hi, v_lo, v_hi = maps.row_bounds
+        near = np.flatnonzero((s_hi >= s_range[0]) & (s_lo <= s_range[1])
+                              & (v_hi >= v_range[0]) & (v_lo <= v_range[1]))
+        self.empty = near.size == 0
+        if self.empty:
+            return
+        s, v = maps.s[near[0]:near[-1] + 1], maps.v[near[0]:near[-1] + 1]
+        inside = (s >= s_range[0]) & (s <= s_range[1]) & (v >= v_range[0]) & (v <= v_range[1])
+        rows = np.flatnonzero(inside.any(axis=1)) + near[0]
         cols = np.flatnonzero(inside.any(axis=0))
         self.empty = rows.size == 0
         if self.empty:
@@ -297,7 +310,16 @@ class _Block:
         s2 = maps.s[self.sl[1:]]
         self.s = s2[None]
         self.v = maps.v[self.sl[1:]][None]
-        self.x = xs[:, None, None] - anatomy.x_centre(s2)[None]
+        self._xs, self._xc = xs[:, None, None], anatomy.x_centre(s2)[None]
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        """Lateral position of each voxel relative to the spine's centre (mm)."""
+        return self._xs - self._xc
+
+    def x_at(self, k: tuple[slice, slice, slice]) -> np.ndarray:
+        """``x[k]`` for a box ``k`` of the block, computed on that box only."""
+        return self._xs - self._xc[k]
 
 
 def _ipow(t: np.ndarray, p: int) -> np.ndarray:
@@ -327,11 +349,24 @@ def _nest(q_inner: np.ndarray, p_inner: int, p_outer: int) -> np.ndarray:
     return out
 
 
-def _paint_bone(labels, vertebra_map, block: _Block, q: np.ndarray, p: int, shell: float,
+#: A sum of even powers is at most 1 only where each term is within 1 (in floating point
+#: too: adding non-negative terms never decreases a sum); the margin only absorbs rounding.
+_NEAR = 1.001
+
+
+def _near(*terms: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The box (all slices, index of a block) of the pixels where each in-plane term of a
+    shape lies within 1: the shape is evaluated there only, with the same values."""
+    mask = np.abs(terms[0]) <= _NEAR
+    for t in terms[1:]:
+        mask &= np.abs(t) <= _NEAR
+    return _box(mask)
+
+
+def _paint_bone(lab: np.ndarray, vm: np.ndarray, q: np.ndarray, p: int, shell: float,
                 level: int) -> None:
-    """Marrow where the shape sum q lies deeper than ``shell`` (fraction), cortex outside."""
-    lab = labels[block.sl]
-    vm = vertebra_map[block.sl]
+    """Marrow where the shape sum q lies deeper than ``shell`` (fraction), cortex outside
+    (``lab`` and ``vm``: the labels and vertebra map where q was evaluated)."""
     bone = q <= 1.0
     # Where two elements of one vertebra meet (pedicle base and body), keep the marrow
     # continuous rather than cutting a cortical line through it.
@@ -381,43 +416,72 @@ def _paint_soft_tissue(labels, anatomy: SpineAnatomy, maps: SpineMaps, xs) -> No
     # The body narrows laterally (sagittal slices far off the midline leave the back sooner).
     lateral = 1.0 - (x / 160.0) ** 2
     inside = (y < skin_post * 1.0 - (1 - lateral) * 60.0) & (y > skin_ant)
-    labels[inside] = Tissue.MUSCLE
-    labels[inside & (y > skin_post - anatomy.back_fat - 2.0)] = Tissue.FAT
-    labels[inside & (y > skin_post - 2.0)] = Tissue.SKIN
-    labels[inside & (y < skin_ant + 2.0)] = Tissue.SKIN
-    belly_fat = inside & (y >= skin_ant + 2.0) & (y < skin_ant + 2.0 + anatomy.back_fat * 0.8)
-    labels[belly_fat] = Tissue.FAT
-    wall = inside & (y >= skin_ant + 2.0 + anatomy.back_fat * 0.8) & \
+    # Front to back the layers depend on the row and column only: paint them on one plane,
+    # then copy it into every slice where the body is.
+    plane = np.full((1,) + labels.shape[1:], Tissue.MUSCLE, np.uint8)
+    plane[y > skin_post - anatomy.back_fat - 2.0] = Tissue.FAT
+    plane[y > skin_post - 2.0] = Tissue.SKIN
+    plane[y < skin_ant + 2.0] = Tissue.SKIN
+    belly_fat = (y >= skin_ant + 2.0) & (y < skin_ant + 2.0 + anatomy.back_fat * 0.8)
+    plane[belly_fat] = Tissue.FAT
+    wall = (y >= skin_ant + 2.0 + anatomy.back_fat * 0.8) & \
         (y < skin_ant + 14.0 + anatomy.back_fat * 0.8)
-    labels[wall] = Tissue.MUSCLE
-    visc = inside & ~belly_fat & ~wall & (y > skin_ant + 14.0 + anatomy.back_fat * 0.8) & \
+    plane[wall] = Tissue.MUSCLE
+    visc = ~belly_fat & ~wall & (y > skin_ant + 14.0 + anatomy.back_fat * 0.8) & \
         (y < front - anatomy.prevertebral_fat)
-    labels[visc] = Tissue.VISCERA
-    labels[inside & (y >= front - anatomy.prevertebral_fat) & (y < front + 2.0)] = Tissue.FAT
+    plane[visc] = Tissue.VISCERA
+    plane[(y >= front - anatomy.prevertebral_fat) & (y < front + 2.0)] = Tissue.FAT
+    np.copyto(labels, plane, where=inside)
+    # The organs below are evaluated only in the box of rows and columns where they can lie
+    # (a sum of squares is below a bound only where each term is; a dome is above its
+    # midline height), with the same arithmetic as on the whole volume.
+    zr = z[None, :, None]
     # Lung bases: above the diaphragm (about the T12 body) lateral to the spine, posterior recess.
     # The diaphragm is a dome, lowest in the posterior recess beside the spine.
     z_diaph = anatomy.point(anatomy.vertebra("T12").s)[1] + 10.0
-    dome = z_diaph + 0.004 * (front - y) ** 2 + 0.002 * x ** 2
-    lung = (z[None, :, None] > dome) & inside & (y < front + 8.0) & (np.abs(x) > 14.0) & \
-        (labels == Tissue.VISCERA)
-    labels[lung] = Tissue.LUNG
+    dome_mid = z_diaph + 0.004 * (front - y) ** 2
+    box = _box((zr > dome_mid) & (y < front + 8.0) & (plane == Tissue.VISCERA))
+    if box:
+        dome = dome_mid[box] + 0.002 * x ** 2
+        lung = (zr[box[:2]] > dome) & inside[box] & (np.abs(x) > 14.0) & \
+            (labels[box] == Tissue.VISCERA)
+        labels[box][lung] = Tissue.LUNG
     # Psoas: lumbar, lateral and anterolateral to the bodies, growing downwards.
     s_l1, s_l5 = anatomy.vertebra("L1").s, anatomy.vertebra("L5").s
     grow = np.clip((s_row - s_l1) / (s_l5 - s_l1), 0.0, 1.0)[None, :, None]
     psoas_r = (8.0 + 14.0 * grow) * anatomy.psoas_scale
     psoas_c = (front + half_d[None, :, None] * 0.4 - psoas_r * 0.3)
-    psoas = (((np.abs(x) - (22.0 + psoas_r)) / psoas_r) ** 2
-             + ((y - psoas_c) / (psoas_r * 1.3)) ** 2 < 1.0) & (grow > 0) & inside
-    labels[psoas] = Tissue.MUSCLE
+    lr = ((np.abs(x) - (22.0 + psoas_r)) / psoas_r) ** 2
+    ap = ((y - psoas_c) / (psoas_r * 1.3)) ** 2
+    box = _box((ap < 1.0) & (grow > 0))
+    if box:
+        psoas = (lr[box[:2]] + ap[box] < 1.0) & (grow[box[:2]] > 0) & inside[box]
+        labels[box][psoas] = Tissue.MUSCLE
     # Aorta (left) down to the L4 bifurcation; IVC (right) below the diaphragm.
     s_bif = anatomy.vertebra("L4").s
     z_bif = anatomy.point(s_bif)[1]
     r = anatomy.aorta_radius
-    aorta = ((x - 14.0) ** 2 + (y - (front - r - 3.0)) ** 2 < r ** 2) & \
-        (z[None, :, None] > z_bif)
-    ivc = (((x + 22.0) / (r * 1.2)) ** 2 + ((y - (front - r - 4.0)) / r) ** 2 < 1.0) & \
-        (z[None, :, None] > z_bif - 10.0) & (z[None, :, None] < z_diaph)
-    labels[(aorta | ivc) & inside] = Tissue.VESSEL
+    lr, ap = (x - 14.0) ** 2, (y - (front - r - 3.0)) ** 2
+    box = _box((ap < r ** 2) & (zr > z_bif))
+    if box:
+        aorta = (lr + ap[box] < r ** 2) & (zr[box[:2]] > z_bif)
+        labels[box][aorta & inside[box]] = Tissue.VESSEL
+    lr, ap = ((x + 22.0) / (r * 1.2)) ** 2, ((y - (front - r - 4.0)) / r) ** 2
+    box = _box((ap < 1.0) & (zr > z_bif - 10.0) & (zr < z_diaph))
+    if box:
+        ivc = (lr + ap[box] < 1.0) & (zr[box[:2]] > z_bif - 10.0) & (zr[box[:2]] < z_diaph)
+        labels[box][ivc & inside[box]] = Tissue.VESSEL
+
+
+def _box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Index of the rows and columns (all slices) bounding the True pixels of a
+    (slices or 1, rows, columns) mask; None if there are none."""
+    plane = mask.any(axis=0)
+    rows = np.flatnonzero(plane.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(plane.any(axis=0))
+    return (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
 
 
 def _paint_canal(labels, canal, anatomy: SpineAnatomy, maps: SpineMaps, xs) -> None:
@@ -429,23 +493,31 @@ def _paint_canal(labels, canal, anatomy: SpineAnatomy, maps: SpineMaps, xs) -> N
     ap, width = anatomy.canal_at(b.s)
     front = half_d + 1.0
     centre = front + ap / 2.0
-    tube = _shape((b.v - centre) / (ap / 2.0), b.x / (width / 2.0), p=2) <= 1.0
-    lab = labels[b.sl]
-    canal[b.sl] |= tube
-    lab[tube] = Tissue.FAT                         # epidural fat
     sac_end = anatomy.sac_end_s
     sac_ap = np.where(b.s < sac_end, ap * 0.84, ap * 0.84 * np.exp(-(b.s - sac_end) / 6.0))
     sac_centre = front + 0.3 + sac_ap / 2.0
-    sac = _shape((b.v - sac_centre) / (sac_ap / 2.0), b.x / (width * 0.44), p=2) <= 1.0
+    # The tube and the sac (which holds the cord and roots) lie in the box of the block
+    # where their in-plane terms are within 1: everything is evaluated there.
+    tube_v, sac_v = (b.v - centre) / (ap / 2.0), (b.v - sac_centre) / (sac_ap / 2.0)
+    k = _box((np.abs(tube_v) <= _NEAR) | (np.abs(sac_v) <= _NEAR))
+    if k is None:
+        return
+    x, s, bv, width, sac_ap, sac_centre = b.x_at(k), b.s[k], b.v[k], width[k], sac_ap[k], \
+        sac_centre[k]
+    tube = _shape(tube_v[k], x / (width / 2.0), p=2) <= 1.0
+    lab = labels[b.sl][k]
+    canal[b.sl][k] |= tube
+    lab[tube] = Tissue.FAT                         # epidural fat
+    sac = _shape(sac_v[k], x / (width * 0.44), p=2) <= 1.0
     lab[sac & tube] = Tissue.CSF
     # Cord down to the conus (tapering), then the cauda equina lying dependent (posterior).
     conus = anatomy.conus_s
-    taper = np.clip((conus - b.s) / 25.0, 0.0, 1.0)
+    taper = np.clip((conus - s) / 25.0, 0.0, 1.0)
     cord_r = 4.2 * np.sqrt(taper) + 1e-3
-    cord = _shape((b.v - sac_centre + 0.5) / cord_r, b.x / (cord_r * 1.25)) <= 1.0
-    lab[cord & sac & (b.s < conus)] = Tissue.CORD
-    roots = sac & (b.s > conus) & (b.s < sac_end) & \
-        (b.v > sac_centre + sac_ap * 0.18) & (np.abs(np.sin(b.x * 1.3)) > 0.75)
+    cord = _shape((bv - sac_centre + 0.5) / cord_r, x / (cord_r * 1.25)) <= 1.0
+    lab[cord & sac & (s < conus)] = Tissue.CORD
+    roots = sac & (s > conus) & (s < sac_end) & (bv > sac_centre + sac_ap * 0.18)
+    roots[roots] = np.abs(np.sin(x[roots] * 1.3)) > 0.75    # sin only where it decides
     lab[roots] = Tissue.NERVE_ROOT
 
 
@@ -508,7 +580,8 @@ def _paint_body(labels, vertebra_map, b: _Block, v: Vertebra, level: int) -> Non
     vv = np.where(b.v > 0, b.v / post, b.v / half_d)
     q_body = _shape((u - top_drop / 2.0) / half_h, p=6) + \
         _nest(_shape(vv, b.x / (v.width / 2.0), p=2), 2, 6)
-    _paint_bone(labels, vertebra_map, b, q_body, 6, 1.0 / min(h / 2.0, half_d), level)
+    _paint_bone(labels[b.sl], vertebra_map[b.sl], q_body, 6, 1.0 / min(h / 2.0, half_d),
+                level)
 
 
 def _paint_posterior(labels, vertebra_map, b: _Block, v: Vertebra, level: int) -> None:
@@ -516,44 +589,61 @@ def _paint_posterior(labels, vertebra_map, b: _Block, v: Vertebra, level: int) -
     and the spinous process."""
     h = v.body_height
     u = b.s - v.s
-    ax = np.abs(b.x)
     half_d = v.depth / 2.0
     sacral = v.region == "S"
-    lab = labels[b.sl]
+    lab, vm = labels[b.sl], vertebra_map[b.sl]
     disc_h = 9.0 if v.region == "L" else 5.5
     v0 = half_d + v.canal_ap + 4.0
+    # Each structure is evaluated on the box of the block where its in-plane terms allow it
+    # (``k``, from :func:`_near`): in-plane terms are computed once, |x| per box.
+
+    def ax(k):
+        return np.abs(b.x_at(k))
+
     # Foramen (fat with the exiting root) and ligament, before the bone over them.
-    foramen = _shape((u - 0.45 * h - 0.2 * disc_h) / (0.4 * h + disc_h / 2),
-                     (ax - v.pedicle_x) / 7.0, (b.v - half_d - 6.0) / 7.0) <= 1.0
-    lab[foramen & (lab != Tissue.CSF)] = Tissue.FAT
-    root = _shape((u - 0.40 * h) / 3.2, (ax - v.pedicle_x) / 3.5,
-                  (b.v - half_d - 5.0) / 3.2) <= 1.0
-    lab[root & foramen] = Tissue.NERVE_ROOT
+    fu, fv = (u - 0.45 * h - 0.2 * disc_h) / (0.4 * h + disc_h / 2), (b.v - half_d - 6.0) / 7.0
+    k = _near(fu, fv)
+    if k:
+        foramen = _shape(fu[k], (ax(k) - v.pedicle_x) / 7.0, fv[k]) <= 1.0
+        lab[k][foramen & (lab[k] != Tissue.CSF)] = Tissue.FAT
+        root = _shape((u[k] - 0.40 * h) / 3.2, (ax(k) - v.pedicle_x) / 3.5,
+                      (b.v[k] - half_d - 5.0) / 3.2) <= 1.0
+        lab[k][root & foramen] = Tissue.NERVE_ROOT
     # Interspinous ligament: a thin dark midline band between the spinous processes.
-    interspinous = (ax < 1.2) & (b.v > v0) & (b.v < v0 + v.spinous_length) & \
-        (np.abs(u) < h / 2 + disc_h)
-    lab[interspinous & (lab == Tissue.MUSCLE)] = Tissue.CORTEX
+    band = (b.v > v0) & (b.v < v0 + v.spinous_length) & (np.abs(u) < h / 2 + disc_h)
+    k = _box(band)
+    if k:
+        lab[k][(ax(k) < 1.2) & band[k] & (lab[k] == Tissue.MUSCLE)] = Tissue.CORTEX
     # Pedicles: short cylinders from the posterior wall to the articular pillar, upper half.
     ped_len = v.canal_ap * 0.8
     v_ped = half_d + ped_len / 2.0 - 1.0
-    q_ped = _nest(_shape((u + 0.12 * h) / (0.30 * h), (ax - v.pedicle_x) / 5.0, p=2), 2, 4) \
-        + _shape((b.v - v_ped) / (ped_len / 2.0 + 1.5), p=4)
+    pu, pv = (u + 0.12 * h) / (0.30 * h), (b.v - v_ped) / (ped_len / 2.0 + 1.5)
     # Lamina: a plate behind the canal, sloping down and back (shingled).
     v_lam = half_d + v.canal_ap + 3.0 + 0.12 * u
-    q_lam = _shape((u - 0.08 * h) / (0.55 * h), b.x / (v.pedicle_x + 3.0),
-                   (b.v - v_lam) / 3.4, p=4)
+    lu, lv = (u - 0.08 * h) / (0.55 * h), (b.v - v_lam) / 3.4
     # Articular pillar: superior process (upper end) meets the inferior process of the
     # level above across the facet joint; this level's inferior process reaches down.
-    pillar_x = (ax - v.pedicle_x - 1.0) / 6.5
     v_fac = half_d + v.canal_ap * 0.6 + 3.0
-    q_sup = _shape((u + 0.42 * h) / (0.32 * h), (b.v - v_fac) / 7.5, pillar_x, p=4)
-    q_inf = _shape((u - 0.5 * h - 0.5 * disc_h) / (0.3 * h + 2.0), (b.v - v_fac - 4.0) / 7.5,
-                   pillar_x, p=4)
+    su, sv = (u + 0.42 * h) / (0.32 * h), (b.v - v_fac) / 7.5
+    iu, iv = (u - 0.5 * h - 0.5 * disc_h) / (0.3 * h + 2.0), (b.v - v_fac - 4.0) / 7.5
+
+    def pillar_x(k):
+        return (ax(k) - v.pedicle_x - 1.0) / 6.5
+
     # Spinous process: a midline plate sloping caudally.
     along = (b.v - v0) / v.spinous_length
-    q_sp = _shape((u - 0.05 * h - 0.25 * (b.v - v0)) / (0.34 * h), b.x / 3.8,
-                  (along - 0.5) / 0.55, p=4)
-    for q, shell in ((q_ped, 0.2), (q_lam, 0.3), (q_sup, 0.2), (q_inf, 0.2), (q_sp, 0.2)):
-        if sacral and q is q_inf:
+    tu, tv = (u - 0.05 * h - 0.25 * (b.v - v0)) / (0.34 * h), (along - 0.5) / 0.55
+    bones = (   # (shell, in-plane terms, shape sum on a box k), painted in this order
+        (0.2, (pu, pv), lambda k: _nest(_shape(pu[k], (ax(k) - v.pedicle_x) / 5.0, p=2), 2, 4)
+         + _shape(pv[k], p=4)),
+        (0.3, (lu, lv), lambda k: _shape(lu[k], b.x_at(k) / (v.pedicle_x + 3.0), lv[k], p=4)),
+        (0.2, (su, sv), lambda k: _shape(su[k], sv[k], pillar_x(k), p=4)),
+        (0.2, (iu, iv), lambda k: _shape(iu[k], iv[k], pillar_x(k), p=4)),
+        (0.2, (tu, tv), lambda k: _shape(tu[k], b.x_at(k) / 3.8, tv[k], p=4)),
+    )
+    for i, (shell, terms, q_of) in enumerate(bones):
+        if sacral and i == 3:    # the sacrum has no inferior articular process
             continue
-        _paint_bone(labels, vertebra_map, b, q, 4, shell, level)
+        k = _near(*terms)
+        if k:
+            _paint_bone(lab[k], vm[k], q_of(k), 4, shell, level)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.dataelem import DataElement
-from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.pixels import get_encoder
 from pydicom.tag import Tag
 from pydicom.uid import MRImageStorage, RLELossless, UID
@@ -60,32 +61,19 @@ def _ds(value: float) -> str:
     return f"{value:.12f}".rstrip("0").rstrip(".")[:16]
 
 
-def _series_dataset(study: StudyInfo, profile: ScannerProfile, protocol: SequenceProtocol,
-                    grid: Grid, series_number: int, series_uid: str, window: tuple[float, float]
-                    ) -> Dataset:
+def _protocol_dataset(profile: ScannerProfile, protocol: SequenceProtocol) -> Dataset:
+    """The elements every series of this site and sequence shares."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D"]
     ds.SOPClassUID = MRImageStorage
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.study_date
-    t0 = dt.datetime.strptime(study.study_time, "%H%M%S") + dt.timedelta(minutes=4 * series_number)
-    ds.StudyTime = study.study_time
-    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = t0.strftime("%H%M%S")
-    ds.AccessionNumber = study.accession
     ds.Modality = "MR"
     ds.Manufacturer = profile.manufacturer
     ds.InstitutionName = profile.institution
     ds.ReferringPhysicianName = ""
-    ds.StationName = study.station
     ds.StudyDescription = "MRI SPINE THORACOLUMBAR"
     ds.SeriesDescription = protocol.description
     ds.ManufacturerModelName = profile.model
-    ds.PatientName = study.patient_name
-    ds.PatientID = study.patient_id
-    ds.PatientBirthDate = study.birth_date
-    ds.PatientSex = study.sex
-    ds.PatientAge = f"{study.age_years:03d}Y"
-    ds.PatientWeight = f"{study.weight_kg:.1f}"
     ds.BodyPartExamined = "LSPINE"
     ds.ScanningSequence = _SCANNING[protocol.sequence]
     ds.SequenceVariant = _VARIANT[protocol.sequence]
@@ -106,28 +94,47 @@ def _series_dataset(study: StudyInfo, profile: ScannerProfile, protocol: Sequenc
     ds.FlipAngle = f"{protocol.flip_angle:g}"
     ds.InPlanePhaseEncodingDirection = profile.phase_direction
     ds.PatientPosition = "HFS"
-    ds.StudyInstanceUID = study.study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = study.accession[-6:]
-    ds.SeriesNumber = series_number
     ds.AcquisitionNumber = 1
-    ds.ImageOrientationPatient = [f"{c:g}" for c in grid.image_orientation]
-    ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = grid.shape[1], grid.shape[2]
-    ds.PixelSpacing = [_ds(grid.spacing[1]), _ds(grid.spacing[2])]
     ds.BitsAllocated = 16
     ds.BitsStored = profile.bits_stored
     ds.HighBit = profile.bits_stored - 1
     ds.PixelRepresentation = 0
-    ds.WindowCenter = f"{window[0]:.0f}"
-    ds.WindowWidth = f"{window[1]:.0f}"
     if profile.rescale_slope != 1.0:
         ds.RescaleIntercept = "0"
         ds.RescaleSlope = f"{profile.rescale_slope:g}"
         ds.RescaleType = "US"
+    return ds
+
+
+def _series_dataset(study: StudyInfo, grid: Grid, series_number: int, series_uid: str,
+                    window: tuple[float, float]) -> Dataset:
+    """The elements of one series that depend on the patient, the study or the images."""
+    ds = Dataset()
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study.study_date
+    t0 = dt.datetime.strptime(study.study_time, "%H%M%S") + dt.timedelta(minutes=4 * series_number)
+    ds.StudyTime = study.study_time
+    ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = t0.strftime("%H%M%S")
+    ds.AccessionNumber = study.accession
+    ds.StationName = study.station
+    ds.PatientName = study.patient_name
+    ds.PatientID = study.patient_id
+    ds.PatientBirthDate = study.birth_date
+    ds.PatientSex = study.sex
+    ds.PatientAge = f"{study.age_years:03d}Y"
+    ds.PatientWeight = f"{study.weight_kg:.1f}"
+    ds.StudyInstanceUID = study.study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = study.accession[-6:]
+    ds.SeriesNumber = series_number
+    ds.ImageOrientationPatient = [f"{c:g}" for c in grid.image_orientation]
+    ds.FrameOfReferenceUID = study.frame_of_reference_uid
+    ds.Rows, ds.Columns = grid.shape[1], grid.shape[2]
+    ds.PixelSpacing = [_ds(grid.spacing[1]), _ds(grid.spacing[2])]
+    ds.WindowCenter = f"{window[0]:.0f}"
+    ds.WindowWidth = f"{window[1]:.0f}"
     return ds
 
 
@@ -142,26 +149,35 @@ def _little_explicit() -> DicomBytesIO:
     return fp
 
 
-def _encode(ds: Dataset) -> bytes:
-    """Explicit VR little endian encoding of a dataset's elements (no preamble, no meta)."""
+def _element(elem: DataElement) -> bytes:
+    """One element encoded by pydicom's writer (explicit VR little endian)."""
     fp = _little_explicit()
-    write_dataset(fp, ds)
+    write_data_element(fp, elem)
     return fp.getvalue()
 
 
-def _segments(template: Dataset) -> list[bytes]:
-    """The template's elements encoded in the runs between the per-slice tags."""
-    bounds = (Tag(0),) + _PER_SLICE + (Tag(0xFFFF, 0xFFFF),)
-    fp = _little_explicit()
-    runs = []
-    elems = iter(sorted(template.values(), key=lambda e: e.tag))
-    pending = next(elems, None)
-    for hi in bounds[1:]:
-        start = fp.tell()
-        while pending is not None and pending.tag < hi:
-            write_data_element(fp, pending)
-            pending = next(elems, None)
-        runs.append(fp.getvalue()[start:])
+def _encoded_elements(ds: Dataset) -> dict[int, bytes]:
+    """Each element of ``ds`` encoded by pydicom, by tag."""
+    return {elem.tag: _element(elem) for elem in ds.values()}
+
+
+@lru_cache(maxsize=None)
+def _protocol_elements(profile: ScannerProfile, protocol: SequenceProtocol) -> dict[int, bytes]:
+    """The shared elements of a site's sequence, encoded once per process."""
+    return _encoded_elements(_protocol_dataset(profile, protocol))
+
+
+def _segments(elements: dict[int, bytes]) -> list[bytes]:
+    """The encoded elements joined in tag order in the runs between the per-slice tags."""
+    bounds = _PER_SLICE + (Tag(0xFFFF, 0xFFFF),)
+    runs, tags = [], iter(sorted(elements))
+    tag = next(tags, None)
+    for hi in bounds:
+        run = []
+        while tag is not None and tag < hi:
+            run.append(elements[tag])
+            tag = next(tags, None)
+        runs.append(b"".join(run))
     return runs
 
 
@@ -181,19 +197,32 @@ class _FileMeta:
         fp = _little_explicit()
         write_file_meta_info(fp, meta, enforce_standard=True)   # fills in the defaults
         self.first = fp.getvalue()
-        self.head = b"".join(self._one(e) for e in meta if 0x00020000 < e.tag < 0x00020003)
-        self.tail = b"".join(self._one(e) for e in meta if e.tag > 0x00020003)
-
-    @staticmethod
-    def _one(elem: DataElement) -> bytes:
-        fp = _little_explicit()
-        write_data_element(fp, elem)
-        return fp.getvalue()
+        self.head = b"".join(_element(e) for e in meta if 0x00020000 < e.tag < 0x00020003)
+        self.tail = b"".join(_element(e) for e in meta if e.tag > 0x00020003)
 
     def encoded(self, sop_uid: str) -> bytes:
-        own = self._one(DataElement(0x00020003, "UI", sop_uid))
-        length = len(self.head) + len(own) + len(self.tail)
-        return self._one(DataElement(0x00020000, "UL", length)) + self.head + own + self.tail
+        own = _element(DataElement(0x00020003, "UI", sop_uid))
+        return _group_length(len(self.head) + len(own) + len(self.tail)) + self.head + own \
+            + self.tail
+
+
+@lru_cache(maxsize=None)
+def _group_length(length: int) -> bytes:
+    """The file meta group length element, encoded by pydicom."""
+    return _element(DataElement(0x00020000, "UL", length))
+
+
+@lru_cache(maxsize=None)
+def _file_meta(transfer_syntax: UID) -> _FileMeta:
+    """The file meta encoder of a transfer syntax, built once per process (any instance UID:
+    each file puts its own)."""
+    return _FileMeta(transfer_syntax, "1.2.3")
+
+
+@lru_cache(maxsize=None)
+def _instance_number(k: int) -> bytes:
+    """InstanceNumber of the k-th slice of a series, encoded by pydicom."""
+    return _element(DataElement(0x00200013, "IS", str(k + 1)))
 
 
 def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
@@ -208,15 +237,18 @@ def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = derived_uid(cohort_seed, study.patient_id, "series", series_number)
     hi = float(np.percentile(stored[:, ::4, ::4], 99.5)) * profile.rescale_slope
-    template = _series_dataset(study, profile, protocol, grid, series_number, series_uid,
-                               (hi / 2.0, hi))
-    shared = _segments(template)
+    # The elements every slice shares: those of the site's sequence (encoded once per
+    # process) and those of this patient's series.
+    elements = dict(_protocol_elements(profile, protocol))
+    elements.update(_encoded_elements(_series_dataset(study, grid, series_number, series_uid,
+                                                      (hi / 2.0, hi))))
+    shared = _segments(elements)
     encoder = get_encoder(profile.transfer_syntax)
     kw = {"encoding_plugin": "pylibjpeg"} if profile.transfer_syntax == RLELossless else {}
     normal = np.cross(grid.image_orientation[:3], grid.image_orientation[3:])
     sop_uids = [derived_uid(cohort_seed, study.patient_id, "sop", series_number, k)
                 for k in range(grid.shape[0])]
-    file_meta = _FileMeta(profile.transfer_syntax, sop_uids[0])
+    file_meta = _file_meta(profile.transfer_syntax)
     total = 0
     for k, sop_uid in enumerate(sop_uids):
         check = config.settings.writing_validation_mode if k == 0 else config.IGNORE
@@ -231,21 +263,21 @@ def write_series(folder: Path, stored: np.ndarray, grid: Grid, study: StudyInfo,
                                **kw)
         # Values built here in their VR's format; pydicom validated them on the template
         # and first slice, so the other slices skip its per-value checks.
-        own = (DataElement(0x00080018, "UI", sop_uid, validation_mode=check),
-               DataElement(0x00200013, "IS", str(k + 1), validation_mode=check),
-               DataElement(0x00200032, "DS", [f"{c:.4f}" for c in ipp], validation_mode=check),
-               DataElement(0x00201041, "DS", f"{float(np.dot(normal, ipp)):.4f}",
-                           validation_mode=check),
-               DataElement(0x7FE00010, "OB", encapsulate([frame]), is_undefined_length=True,
-                           validation_mode=check))
-        fp = _little_explicit()
-        fp.write(b"\x00" * 128 + b"DICM")
-        fp.write(file_meta.encoded(sop_uid))
-        for segment, elem in zip(shared, own):   # shared runs and per-slice elements, in tag order
-            fp.write(segment)
-            write_data_element(fp, elem)
-        fp.write(shared[-1])
-        body = fp.getvalue()
+        own = (_element(DataElement(0x00080018, "UI", sop_uid, validation_mode=check)),
+               _instance_number(k),
+               _element(DataElement(0x00200032, "DS", [f"{c:.4f}" for c in ipp],
+                                    validation_mode=check)),
+               _element(DataElement(0x00201041, "DS", f"{float(np.dot(normal, ipp)):.4f}",
+                                    validation_mode=check)),
+               _element(DataElement(0x7FE00010, "OB", encapsulate([frame]),
+                                    is_undefined_length=True, validation_mode=check)))
+        # The preamble, the file meta group, then shared runs and per-slice elements in tag
+        # order.
+        parts = [b"\x00" * 128 + b"DICM", file_meta.encoded(sop_uid)]
+        for segment, elem in zip(shared, own):
+            parts += (segment, elem)
+        parts.append(shared[-1])
+        body = b"".join(parts)
         path = folder / f"{k + 1:04d}.dcm"
         path.write_bytes(body)
         total += len(body)

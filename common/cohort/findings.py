@@ -230,7 +230,8 @@ def paint_findings(labels: np.ndarray, vertebra_map: np.ndarray, canal: np.ndarr
     mix = np.ones(labels.shape, np.float32)
     tables: dict[str, list[dict]] = {"lesion": [], "mimic": []}
     xs = grid.x_of_slices()
-    bone_codes = np.array([int(t) for t in BONE])
+    is_bone = np.zeros(256, bool)              # tissue code -> bone (a lookup table)
+    is_bone[[int(t) for t in BONE]] = True
     for f in findings:
         if f.kind == "wedge_fracture" and f.contrast == 0.0:
             tables["mimic"].append(dict(f.to_dict(), id=0, voxels=0, acute=False))
@@ -250,7 +251,7 @@ def paint_findings(labels: np.ndarray, vertebra_map: np.ndarray, canal: np.ndarr
         inside = du * du + dv * dv + dx * dx <= ragged
         lab = labels[b.sl]
         level = anatomy.level_index(f.level)
-        own_bone = (vertebra_map[b.sl] == level) & np.isin(lab, bone_codes)
+        own_bone = (vertebra_map[b.sl] == level) & is_bone.take(lab)
         if f.kind == "epidural":
             region = inside & canal[b.sl]
         elif f.kind == "schmorl":
@@ -285,7 +286,8 @@ def paint_findings(labels: np.ndarray, vertebra_map: np.ndarray, canal: np.ndarr
     # body merge): "voxels" is what the final instance map holds, "voxels_painted" what was
     # painted; a lesion with no voxels left is part of another one.
     for table, ids in (("lesion", lesions), ("mimic", mimics)):
-        counts = np.bincount(ids.ravel(), minlength=len(tables[table]) + 1)
+        # Counted over the painted voxels only (counts[0] is unused): a fraction of the volume.
+        counts = np.bincount(ids[ids != 0], minlength=len(tables[table]) + 1)
         for entry in tables[table]:
             entry["voxels_painted"] = entry["voxels"]
             if entry["id"]:
