@@ -54,7 +54,7 @@ reproduce: setup
 	$(BIN)/spinemet summarise $(foreach m,$(MODELS),$(foreach s,$(SEEDS),$(RUNS)/$(m)-seed$(s)))
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/python -m benchmarks

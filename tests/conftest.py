@@ -14,12 +14,14 @@ them with ``from conftest import ...`` (pytest puts ``tests/`` on ``sys.path``).
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from filelock import FileLock
 from pydicom.pixels import apply_rescale
 from scipy import ndimage
 
@@ -55,9 +57,22 @@ def _load_gt(path: str) -> GroundTruth:
     return load_ground_truth(Path(path))
 
 
+def shared_dir(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
+    """A folder for a session resource and the lock to hold while building it. Under
+    pytest-xdist (``make test`` runs two workers, whole modules per worker) the folder is in
+    the run's common base, so the first worker builds the resource and the other reuses it;
+    the builders (``write_cohort``, ``preprocess``) keep what is already complete."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / name, FileLock(str(base / f"{name}.lock"))
+
+
 def _make(tmp_path_factory, name: str, spec: CohortSpec) -> Cohort:
-    out = tmp_path_factory.mktemp(name) / "cohort"
-    summary = write_cohort(spec, out, workers=WORKERS)
+    folder, lock = shared_dir(tmp_path_factory, name)
+    out = folder / "cohort"
+    with lock:
+        summary = write_cohort(spec, out, workers=WORKERS)
     assert not summary.failed, summary.failed
     return Cohort(out, spec, summary, read_labels(out / "labels.csv"))
 
@@ -119,24 +134,10 @@ def small_cache(small_cohort, tmp_path_factory) -> Path:
     """The small cohort preprocessed once (one cache for all its sites)."""
     from spinemet.common.preprocess.runner import preprocess
 
-    cache = tmp_path_factory.mktemp("small-cache") / "cache"
-    summary = preprocess(small_cohort.path, cache, small_cohort.labels, workers=WORKERS)
+    folder, lock = shared_dir(tmp_path_factory, "small-cache")
+    cache = folder / "cache"
+    with lock:
+        summary = preprocess(small_cohort.path, cache, small_cohort.labels, workers=WORKERS)
     assert not summary.failed, summary.failed
     return cache
 
-
-# ----------------------------------------------------------------------------- pytest-xdist
-
-#: Modules that must run in one worker: they share an expensive session fixture
-#: (the 240-patient cohort), or they start Ray, whose processes the Ray-cluster test
-#: counts machine-wide.
-_SHARED_WORKER = {"test_saliency": "test_shortcuts", "test_flwr_run": "test_simulation"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n N --dist loadgroup`` (``make test``) a module's tests stay in one
-    worker, so its module-scoped fixtures (cohorts, caches, a running federation) are built
-    once; the modules in :data:`_SHARED_WORKER` go with their partner."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(_SHARED_WORKER.get(module, module)))

@@ -172,15 +172,19 @@ def test_a_failed_simulation_run_raises_and_leaves_no_process(small_cache, tmp_p
     assert _flower_processes(str(out)) == []
 
 
-def _actor_raylets() -> set[int]:
-    """Parent PIDs (the raylets) of the running ``ray::ClientAppActor`` processes."""
+def _actor_raylets(temp_dir: str) -> set[int]:
+    """Parent PIDs (the raylets) of the running ``ray::ClientAppActor`` processes whose
+    raylet belongs to the cluster under ``temp_dir`` (another Ray instance on the machine,
+    e.g. a simulation in a parallel test worker, is not counted)."""
     parents = set()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if not (proc / "cmdline").read_bytes().startswith(b"ray::ClientAppActor"):
                 continue
             stat = (proc / "stat").read_text()
-            parents.add(int(stat.rsplit(")", 1)[1].split()[1]))
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if temp_dir.encode() in Path(f"/proc/{parent}/cmdline").read_bytes():
+                parents.add(parent)
         except (OSError, ValueError, IndexError):
             continue
     return parents
@@ -212,7 +216,7 @@ def test_simulation_on_an_existing_ray_cluster(small_cache, tmp_path):
 
     def watch():
         while not stop.is_set():
-            seen.update(_actor_raylets())
+            seen.update(_actor_raylets(ray_tmp))
             stop.wait(0.3)
 
     try:
