@@ -61,6 +61,7 @@ class PeakMemory:
 
 def _ensure_data(data: Path, cache: Path):
     from spinemet.common.cohort.spec import CohortSpec
+    from spinemet.common.cohort.writer import read_labels
     from spinemet.common.dataset import SpineDataset
     from spinemet.common.preprocess.pipeline import default_pipeline
     from spinemet.simulations.centralized import prepare_data
@@ -68,7 +69,8 @@ def _ensure_data(data: Path, cache: Path):
 
     if not data.exists():
         ensure_cohort(data, CohortSpec(), None, None, "default cohort")
-    summary = prepare_data(data, cache, None, None, default_pipeline())
+    summary = prepare_data(data, cache, read_labels(data / "labels.csv"), None,
+                           default_pipeline())
     entries = SpineDataset(cache, split="train", pipeline_hash=summary.pipeline_hash).entries
     return [{"patient_id": e["patient_id"], "label": e["label"], "site": e["site"]}
             for e in entries]
@@ -87,8 +89,9 @@ def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds
     write_partition(root / "partition.json", part, rows, spec, 0)
     tag = uuid.uuid4().hex
     run_config = {"num-rounds": rounds, "local-epochs": local_epochs, "min-sites": hospitals,
-                  "sim-partition": str(root / "partition.json"), "sim-cache": str(cache),
-                  "test-cache": str(cache), "test-split": "test"}
+                  "sim-partition": str(root.resolve() / "partition.json"),
+                  "sim-cache": str(cache.resolve()),   # Flower's processes run elsewhere
+                  "test-cache": str(cache.resolve()), "test-split": "test"}
     with PeakMemory(tag) as mem:
         status = run_simulation(SimulationRun(out=root / "run", run_config=run_config,
                                               hospitals=hospitals, cpus=os.cpu_count(),
@@ -103,6 +106,7 @@ def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/
                      rounds: int = 10, local_epochs: int = 2,
                      scales: tuple[int, ...] = (5, 20, 100), scale_rounds: int = 3
                      ) -> list[tuple]:
+    from spinemet.common.cohort.writer import read_labels
     from spinemet.common.training.protocol import TrainConfig
     from spinemet.simulations.centralized import train_centralized
 
@@ -111,7 +115,8 @@ def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/
     epochs = rounds * local_epochs
     t0 = time.monotonic()
     train_centralized(data, cache, root / "central",
-                      TrainConfig.for_model("paper", epochs=epochs, seed=0))
+                      TrainConfig.for_model("paper", epochs=epochs, seed=0),
+                      read_labels(data / "labels.csv"))
     central = time.monotonic() - t0
     wall, in_rounds, _ = _federated(root / "fed-equal", cache, rows, 5, rounds, local_epochs)
     out = [
