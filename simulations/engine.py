@@ -48,13 +48,19 @@ class SimulationRun:
     env: dict = field(default_factory=dict)
 
 
+def ray_address(sim: SimulationRun) -> str:
+    """The Ray cluster the run joins (``RAY_ADDRESS`` of the run, then of this process), or
+    ``local``: a Ray instance of its own (without an address, ray.init() would join whatever
+    cluster the last `ray start` on this machine left in /tmp/ray)."""
+    return sim.env.get("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def simulation_config(sim: SimulationRun) -> dict:
     """Flower's ``SimulationConfig`` fields for the run."""
     config = {"num_supernodes": sim.hospitals, "client_resources_num_cpus": sim.cpus_per_client,
               "init_args_logging_level": "warning", "init_args_log_to_driver": False}
     # on an existing cluster Ray refuses num_cpus: the cluster's nodes say what they have
-    address = sim.env.get("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or "local"
-    if sim.cpus and address == "local":
+    if sim.cpus and ray_address(sim) == "local":
         config["init_args_num_cpus"] = sim.cpus
     return config
 
@@ -66,11 +72,7 @@ def run_simulation(sim: SimulationRun) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = SuperLinkPaths(out / "superlink")
     address = f"127.0.0.1:{free_port()}"
-    env = dict(sim.env)
-    if not (env.get("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")):
-        # a Ray instance of its own: without an address, ray.init() would join whatever
-        # cluster the last `ray start` on this machine left in /tmp/ray
-        env["RAY_ADDRESS"] = "local"
+    env = {**sim.env, "RAY_ADDRESS": ray_address(sim)}
     superlink = start_superlink(paths, int(address.rsplit(":", 1)[1]), None, sim.threads,
                                 simulation=True, env=env)
     control, run_id = None, None

@@ -80,23 +80,28 @@ class Plan:
     central_epochs_override: int = 0   # 0: rounds x local epochs (equal compute)
 
     @property
+    def federated_epochs(self) -> int:
+        """Times each training study is seen by its hospital over the run."""
+        return self.rounds * self.local_epochs
+
+    @property
     def central_epochs(self) -> int:
-        return self.central_epochs_override or self.rounds * self.local_epochs
+        return self.central_epochs_override or self.federated_epochs
 
     @property
     def equal_compute(self) -> bool:
-        return self.central_epochs == self.rounds * self.local_epochs and self.fraction >= 1
+        return self.central_epochs == self.federated_epochs and self.fraction >= 1
 
     def compute_text(self) -> str:
         """How the two sides' training maps onto each other (``reproduction.json``)."""
         federated = (f"{self.rounds} rounds x {self.local_epochs} local epochs at every "
                      "hospital")
-        if self.central_epochs == self.rounds * self.local_epochs:
+        if self.central_epochs == self.federated_epochs:
             text = f"centralized {self.central_epochs} epochs = {federated}"
         else:
-            ratio = self.rounds * self.local_epochs / self.central_epochs
+            ratio = self.federated_epochs / self.central_epochs
             text = (f"centralized {self.central_epochs} epochs; federated {federated} "
-                    f"(each training study seen {self.rounds * self.local_epochs} times: "
+                    f"(each training study seen {self.federated_epochs} times: "
                     f"{ratio:.2g}x the centralized compute, NOT equal compute)")
         if self.fraction < 1:
             text += f" (x fraction {self.fraction}: NOT equal compute)"
