@@ -134,6 +134,27 @@ def test_mr_small_in_every_transfer_syntax_loads_the_same_values(name):
     np.testing.assert_array_equal(s.load()[0], ref)
 
 
+def test_jpeg_ls_decoded_by_charls_with_pylibjpegs_values(monkeypatch):
+    """JPEG-LS goes to CharLS (pyjpegls, about 4x faster here); the values are those of
+    pydicom's first choice, pylibjpeg-libjpeg, and of the uncompressed file."""
+    from spinemet.common.dicom import volume
+
+    path = _testdata("MR_small_jpeg_ls_lossless.dcm")
+    used = []
+    real = pydicom.Dataset.pixel_array_options
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array_options",
+                        lambda self, **kw: (used.append(kw), real(self, **kw))[1])
+    charls = volume._pixels(path)
+    assert used == [{"decoding_plugin": "pyjpegls"}]
+    ds = pydicom.dcmread(path)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    np.testing.assert_array_equal(charls, ds.pixel_array)
+    np.testing.assert_array_equal(charls, pydicom.dcmread(_testdata("MR_small.dcm")).pixel_array)
+    used.clear()
+    volume._pixels(_testdata("MR_small_RLE.dcm"))   # other syntaxes keep pydicom's order
+    assert used == []
+
+
 def test_the_same_instance_in_several_syntaxes_is_one_slice_and_duplicates():
     res = scan([_testdata(n) for n in MR_SMALL_VARIANTS])
     assert len(res.series) == 1 and res.series[0].shape[0] == 1

@@ -21,6 +21,17 @@ class DicomLoadError(RuntimeError):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+def _charls_available() -> bool:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    return "pyjpegls" in get_decoder(JPEGLSLossless).available_plugins
+
+
+_JPEG_LS = (pydicom.uid.JPEGLSLossless, pydicom.uid.JPEGLSNearLossless)
+_CHARLS = _charls_available()
+
+
 def _pixels(path: Path) -> np.ndarray:
     from .header import TRUNCATED
 
@@ -28,6 +39,10 @@ def _pixels(path: Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path)
+            if _CHARLS and ds.file_meta.get("TransferSyntaxUID") in _JPEG_LS:
+                # CharLS (pyjpegls) decodes JPEG-LS about 4x faster than pylibjpeg-libjpeg,
+                # which pydicom tries first; both are lossless decoders of the same bytes.
+                ds.pixel_array_options(decoding_plugin="pyjpegls")
             arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - report which file and why, never a traceback
         raise DicomLoadError(path, TRUNCATED, f"pixel data could not be decoded "
