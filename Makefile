@@ -1,7 +1,8 @@
 # SpineMet-FL: `make run` sets everything up and runs the main job (centralized vs federated
 # on the default cohort, one seed); `make test` runs the tests.
 # Both create the virtual environment first (idempotent: it is rebuilt only when
-# pyproject.toml or constraints.txt change).
+# pyproject.toml or constraints.txt change); `make test` adds the [test] extra (pytest and
+# the deploy/ linters, which `make run` does not need).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -22,6 +23,10 @@ SIMULATE = $(BIN)/spinemet simulate --data $(DATA) --cache $(CACHE) \
 $(VENV)/.setup-stamp: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.test-stamp: $(VENV)/.setup-stamp
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
@@ -53,7 +58,7 @@ reproduce: setup
 	    --cache $(EXTRA)-cache || exit 1; done; done
 	$(BIN)/spinemet summarise $(foreach m,$(MODELS),$(foreach s,$(SEEDS),$(RUNS)/$(m)-seed$(s)))
 
-test: setup
+test: $(VENV)/.test-stamp
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: setup

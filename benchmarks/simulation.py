@@ -3,7 +3,8 @@
 On the default cohort's cache (written and preprocessed first when missing):
 
 * equal compute: ``spinemet train`` for R x E epochs against a simulation of R rounds x E
-  local epochs over 5 IID virtual hospitals (target: federated <= 1.5 x centralized). The
+  local epochs over 5 IID virtual hospitals, at ``spinemet simulate``'s defaults (100 x 1,
+  the hospitals' batch scaled to 16 / 5 = 3) (target: federated <= 1.5 x centralized). The
   federated time is split into Flower's fixed start-up (SuperLink, simulation process, Ray,
   the hospitals loading their tensors) and the rounds;
 * scale: 5, 20 and 100 virtual hospitals, a few rounds of one local epoch each, every
@@ -77,7 +78,7 @@ def _ensure_data(data: Path, cache: Path):
 
 
 def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds: int,
-               local_epochs: int) -> tuple[float, float, float]:
+               local_epochs: int, batch_size: int) -> tuple[float, float, float]:
     """(wall seconds, seconds in rounds, peak MiB) of one simulation."""
     from spinemet.simulations.engine import SimulationRun, run_simulation
     from spinemet.simulations.partition import (parse_partition, partition_patients,
@@ -89,6 +90,7 @@ def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds
     write_partition(root / "partition.json", part, rows, spec, 0)
     tag = uuid.uuid4().hex
     run_config = {"num-rounds": rounds, "local-epochs": local_epochs, "min-sites": hospitals,
+                  "batch-size": batch_size,
                   "sim-partition": str(root.resolve() / "partition.json"),
                   "sim-cache": str(cache.resolve()),   # Flower's processes run elsewhere
                   "test-cache": str(cache.resolve()), "test-split": "test"}
@@ -103,13 +105,15 @@ def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds
 
 
 def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/cache"),
-                     rounds: int = 10, local_epochs: int = 2,
+                     rounds: int = 100, local_epochs: int = 1,
                      scales: tuple[int, ...] = (5, 20, 100), scale_rounds: int = 3
                      ) -> list[tuple]:
     from spinemet.common.cohort.writer import read_labels
     from spinemet.common.training.protocol import TrainConfig
     from spinemet.simulations.centralized import train_centralized
+    from spinemet.simulations.reproduction import Plan
 
+    batch = Plan(data=str(data), out="", cache=str(cache)).local_batch_size   # the default rule
     rows = _ensure_data(data, cache)
     root = Path(tempfile.mkdtemp(prefix="spinemet-bench-sim-"))
     epochs = rounds * local_epochs
@@ -118,21 +122,24 @@ def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/
                       TrainConfig.for_model("paper", epochs=epochs, seed=0),
                       read_labels(data / "labels.csv"))
     central = time.monotonic() - t0
-    wall, in_rounds, _ = _federated(root / "fed-equal", cache, rows, 5, rounds, local_epochs)
+    wall, in_rounds, _ = _federated(root / "fed-equal", cache, rows, 5, rounds, local_epochs,
+                                    batch(5))
     out = [
         (f"simulation: centralized, paper, {epochs} epochs ({len(rows)} training patients)",
          f"{central:.0f} s", "", ""),
         (f"simulation: federated, 5 IID hospitals, {rounds} rounds x {local_epochs} local "
-         "epochs", f"{wall:.0f} s", "", ""),
+         f"epochs, batch {batch(5)}", f"{wall:.0f} s", "", ""),
         ("simulation: of which start-up (SuperLink, Ray, loading) and wind-down",
          f"{wall - in_rounds:.0f} s", "", ""),
         ("simulation: federated / centralized wall time at equal compute",
          f"{wall / central:.2f}", "<= 1.5", f"{wall / central / 1.5:.2f}"),
     ]
     for n in scales:
-        wall, in_rounds, peak = _federated(root / f"scale-{n}", cache, rows, n, scale_rounds, 1)
-        out.append((f"simulation: {n} hospitals, {scale_rounds} rounds x 1 epoch (wall / in "
-                    "rounds)", f"{wall:.0f} s / {in_rounds:.0f} s", "", ""))
+        wall, in_rounds, peak = _federated(root / f"scale-{n}", cache, rows, n, scale_rounds, 1,
+                                           batch(n))
+        out.append((f"simulation: {n} hospitals, {scale_rounds} rounds x 1 epoch, batch "
+                    f"{batch(n)} (wall / in rounds)", f"{wall:.0f} s / {in_rounds:.0f} s", "",
+                    ""))
         out.append((f"simulation: {n} hospitals, peak memory (PSS, all processes)",
                     f"{peak:.0f} MiB", "", ""))
     return out

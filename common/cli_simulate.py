@@ -26,9 +26,9 @@ def simulate_command(
                                             "site: the cohort's own sites).")] = 5,
     partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | size:W1,W2,... | "
                                                 "size:SIGMA | site")] = "iid",
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 20,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 100,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round; the centralized "
-                                                   "baseline trains rounds x local epochs.")] = 5,
+                                                   "baseline trains rounds x local epochs.")] = 1,
     strategy: Annotated[str, typer.Option(help="fedavg | fedprox | fedavgm | fedadam")]
     = "fedavg",
     server_momentum: Annotated[float, typer.Option(help="FedAvgM's server momentum.")] = 0.9,
@@ -42,6 +42,11 @@ def simulate_command(
     central_epochs: Annotated[int, typer.Option(help="Centralized epochs; 0 = rounds x local "
                                                      "epochs (equal compute). Another value "
                                                      "is reported as NOT equal compute.")] = 0,
+    local_batch: Annotated[str, typer.Option(
+        "--local-batch-size", help="Batch size at each hospital: scaled = the centralized "
+                                   "batch / hospitals per round (as many sequential steps as "
+                                   "centralized training; docs/simulation.md), central = the "
+                                   "centralized batch, or a number.")] = "scaled",
     fraction: Annotated[float, typer.Option(help="Fraction of hospitals sampled per round "
                                                  "(< 1 is no longer equal compute).")] = 1.0,
     extra_patients: Annotated[int, typer.Option(help="Extra synthetic test cohort (another "
@@ -86,6 +91,10 @@ def simulate_command(
         parse_partition(partition)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--partition")
+    if local_batch not in ("scaled", "central") and not (local_batch.isdigit() and
+                                                         int(local_batch) >= 1):
+        raise typer.BadParameter(f"{local_batch!r} is not scaled, central or a positive integer",
+                                 param_hint="--local-batch-size")
     if rounds < 1 or local_epochs < 1 or sites < 1 or central_epochs < 0 or \
             not 0 < fraction <= 1:
         raise typer.BadParameter("rounds, local epochs and sites must be >= 1, central epochs "
@@ -99,7 +108,7 @@ def simulate_command(
                 extra_patients=extra_patients, extra_seed=extra_seed,
                 extra_data=str(extra_data) if extra_data else "",
                 cpus_per_client=cpus_per_client, workers=workers,
-                central_epochs_override=central_epochs)
+                central_epochs_override=central_epochs, local_batch=local_batch)
     if overwrite and (out / "plan.json").exists():
         shutil.rmtree(out)
     with _progress() as bar:

@@ -61,8 +61,8 @@ class Plan:
     labels: str | None = None
     sites: int = 5
     partition: str = "iid"
-    rounds: int = 20
-    local_epochs: int = 5
+    rounds: int = 100
+    local_epochs: int = 1
     strategy: str = "fedavg"
     server_momentum: float = 0.9     # fedavgm
     server_lr: float = 0.0           # fedavgm / fedadam (0: Flower's default)
@@ -78,6 +78,7 @@ class Plan:
     workers: int | None = None
     make_cohort: bool = True
     central_epochs_override: int = 0   # 0: rounds x local epochs (equal compute)
+    local_batch: str = "scaled"        # scaled | central | N: the hospitals' batch size
 
     @property
     def federated_epochs(self) -> int:
@@ -105,7 +106,26 @@ class Plan:
                     f"{ratio:.2g}x the centralized compute, NOT equal compute)")
         if self.fraction < 1:
             text += f" (x fraction {self.fraction}: NOT equal compute)"
+        batch = TrainConfig.for_model(self.model).batch_size
+        if self.local_batch == "scaled":
+            text += (f"; hospitals' batch = the centralized {batch} / hospitals per round, so "
+                     "one step across the federation consumes one centralized batch")
+        elif self.local_batch != "central" and int(self.local_batch) != batch:
+            text += f"; hospitals' batch {self.local_batch}, centralized {batch}"
         return text
+
+    def local_batch_size(self, hospitals: int) -> int:
+        """The hospitals' batch size: ``central`` the model's; ``scaled`` the model's divided
+        by the hospitals per round (rounded, at least 1), so that the federation takes as
+        many sequential steps per epoch as centralized training (with one local step,
+        averaging K hospitals' steps on batches of B/K is one centralized step on a batch of
+        B); or a number."""
+        batch = TrainConfig.for_model(self.model).batch_size
+        if self.local_batch == "central":
+            return batch
+        if self.local_batch == "scaled":
+            return max(1, round(batch / max(1, math.ceil(self.fraction * hospitals))))
+        return int(self.local_batch)
 
     def extra_paths(self) -> tuple[Path, Path]:
         data = Path(self.extra_data) if self.extra_data else (
@@ -119,6 +139,8 @@ class Plan:
             d.pop(k)
         if not d["central_epochs_override"]:   # equal compute: the key as it always was
             d.pop("central_epochs_override")
+        if d["local_batch"] == "central":      # as before the option existed
+            d.pop("local_batch")
         return d
 
 
@@ -237,7 +259,7 @@ def run_seed(plan: Plan, seed: int, train_rows: list[dict], progress: Progress |
             "num-rounds": plan.rounds, "local-epochs": plan.local_epochs, "model": plan.model,
             "strategy": plan.strategy, "seed": seed, "split-seed": plan.split_seed,
             "server-momentum": plan.server_momentum, "server-lr": plan.server_lr,
-            "proximal-mu": plan.proximal_mu,
+            "proximal-mu": plan.proximal_mu, "batch-size": plan.local_batch_size(len(partition)),
             "min-sites": max(1, math.ceil(plan.fraction * len(partition))),
             "fraction-train": plan.fraction,
             "sim-partition": str((root / "partition.json").resolve()),
@@ -282,6 +304,8 @@ def summarise(plan: Plan, results: list[SeedResult], n_partition: int) -> dict:
         "partition": plan.partition, "sites": n_partition, "rounds": plan.rounds,
         "local_epochs": plan.local_epochs, "central_epochs": plan.central_epochs,
         "strategy": plan.strategy, "model": plan.model, "fraction": plan.fraction,
+        "batch_size": {"central": TrainConfig.for_model(plan.model).batch_size,
+                       "local": plan.local_batch_size(n_partition), "rule": plan.local_batch},
         "seeds": [r.seed for r in results], "split_seed": plan.split_seed,
         "equal_compute": plan.compute_text(), "is_equal_compute": plan.equal_compute,
         "extra_cohort": ({"patients": plan.extra_patients, "seed": plan.extra_seed,

@@ -129,6 +129,11 @@ def test_simulate_end_to_end(small_cohort, small_cache, tmp_path):
         assert rep["central"][part]["accuracy"]["mean"] == pytest.approx(central)
     for side in ("central", "federated"):
         assert rep[side]["wall_seconds"]["mean"] > 0
+    # the default batch rule: 16 / 3 hospitals per round, and the hospitals were told so
+    from spinemet.server.checkpoint import latest_checkpoint, load_checkpoint
+    assert rep["batch_size"] == {"central": 16, "local": 5, "rule": "scaled"}
+    fed_checkpoint = load_checkpoint(latest_checkpoint(seed / "federated"))
+    assert fed_checkpoint["settings"]["batch_size"] == 5
     # the hospitals hold the centralized run's training patients, and nothing else
     hospitals = json.loads((seed / "partition.json").read_text())["hospitals"]
     assert sorted(p for h in hospitals.values() for p in h["patients"]) == split["train"]
@@ -252,7 +257,7 @@ def test_simulation_on_an_existing_ray_cluster(small_cache, tmp_path):
 def test_the_plan_says_whether_the_two_sides_train_at_equal_compute():
     from spinemet.simulations.reproduction import Plan
 
-    equal = Plan(data="d", out="o", cache="c", rounds=20, local_epochs=5)
+    equal = Plan(data="d", out="o", cache="c", rounds=20, local_epochs=5, local_batch="central")
     assert equal.central_epochs == 100 and equal.equal_compute
     assert equal.compute_text() == ("centralized 100 epochs = 20 rounds x 5 local epochs at "
                                     "every hospital")
@@ -264,3 +269,17 @@ def test_the_plan_says_whether_the_two_sides_train_at_equal_compute():
     assert more.key()["central_epochs_override"] == 100
     sampled = Plan(data="d", out="o", cache="c", fraction=0.5)
     assert not sampled.equal_compute and "NOT equal compute" in sampled.compute_text()
+
+
+def test_the_hospitals_batch_is_the_centralized_batch_over_the_hospitals_per_round():
+    from spinemet.simulations.reproduction import Plan
+
+    scaled = Plan(data="d", out="o", cache="c")           # paper: batch 16
+    assert [scaled.local_batch_size(k) for k in (1, 3, 5, 16, 40)] == [16, 5, 3, 1, 1]
+    assert Plan(data="d", out="o", cache="c", fraction=0.1).local_batch_size(100) == 2
+    assert Plan(data="d", out="o", cache="c", local_batch="central").local_batch_size(5) == 16
+    assert Plan(data="d", out="o", cache="c", local_batch="7").local_batch_size(5) == 7
+    assert "one step across the federation consumes one centralized batch" in \
+        scaled.compute_text() and scaled.key()["local_batch"] == "scaled"
+    old = Plan(data="d", out="o", cache="c", rounds=20, local_epochs=5, local_batch="central")
+    assert "local_batch" not in old.key()     # plan.json files from before the option match
