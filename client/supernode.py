@@ -10,10 +10,12 @@ the coordinator's TLS first.
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,10 @@ REFUSALS = (
     ("CERTIFICATE_VERIFY_FAILED", "the coordinator's TLS certificate is not signed by this "
      "site's CA", "check --server and that --certs came from this federation's "
      "`spinemet certs`; never connect to an untrusted coordinator"),
+    ("401 Unauthorized", "the coordinator rejected this site's signed requests (HTTP 401: "
+     "their timestamp or signature)", "check this host's clock against the coordinator's "
+     "(Flower accepts a request signed at most 5 s ahead of or 305 s behind its clock: "
+     "enable NTP / chrony on both hosts) and that --certs is this site's folder"),
     ("Exit Code: 303", "insecure mode was asked together with a site key",
      "drop --insecure (TLS is the default)"),
     ("Giving up reconnection", "the coordinator could not be reached within the retry budget",
@@ -51,6 +57,51 @@ def final_refusal(log_text: str) -> Refusal | None:
     return None
 
 
+# Flower's SuperLink accepts a SuperNode's signed timestamp when the coordinator's clock
+# minus it lies within (-SYSTEM_TIME_TOLERANCE, TIMESTAMP_TOLERANCE + SYSTEM_TIME_TOLERANCE)
+# (flwr.common.constant; flwr/superlink/routers/fleet/node_auth.py).
+AHEAD_LIMIT_S, BEHIND_LIMIT_S = 5.0, 305.0
+
+
+def clock_refusal(date_header: str, local: float) -> Refusal | None:
+    """A refusal when this host's clock (``local``, epoch seconds) and the coordinator's
+    (its HTTP ``Date`` header, whole seconds) differ more than Flower accepts. The header
+    is truncated to the second, so a skew is called only when it is certain."""
+    try:
+        coordinator = email.utils.parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError):
+        return None
+    skew = local - coordinator          # the coordinator's true time is in [date, date + 1)
+    if skew - 1.0 > AHEAD_LIMIT_S:
+        where = f"{skew:.0f} s ahead of"
+    elif skew < -BEHIND_LIMIT_S:
+        where = f"{-skew:.0f} s behind"
+    else:
+        return None
+    return Refusal(f"this host's clock is {where} the coordinator's; Flower refuses a site's "
+                   f"signed requests beyond {AHEAD_LIMIT_S:.0f} s ahead or "
+                   f"{BEHIND_LIMIT_S:.0f} s behind",
+                   "set this host's clock (enable NTP / chrony) and start again")
+
+
+def _date_header(sock, host: str, timeout: float) -> str | None:
+    """The ``Date`` header of the coordinator's answer to ``GET /health``."""
+    sock.settimeout(timeout)
+    sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                 .encode())
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 16384:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    for line in head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "date":
+            return value.strip()
+    return None
+
+
 def split_address(server: str) -> tuple[str, int]:
     host, sep, port = server.rpartition(":")
     if not sep or not port.isdigit():
@@ -58,12 +109,14 @@ def split_address(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def preflight(server: str, ca: Path | None, timeout: float = 5.0) -> Refusal | None:
+def preflight(server: str, ca: Path | None, timeout: float = 5.0,
+              clock: Callable[[], float] = time.time) -> Refusal | None:
     """A final refusal the coordinator would give, found before the SuperNode starts.
 
     TLS against ``ca``: a certificate this site's CA did not sign (or not for this host
-    name) is final. Plaintext (``ca`` None) against a coordinator that speaks TLS is final.
-    An unreachable coordinator is not: the SuperNode keeps trying."""
+    name) is final, and so is a clock the coordinator's SuperLink would refuse (its HTTP
+    ``Date`` against ``clock()``). Plaintext (``ca`` None) against a coordinator that speaks
+    TLS is final. An unreachable coordinator is not: the SuperNode keeps trying."""
     host, port = split_address(server)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -73,8 +126,9 @@ def preflight(server: str, ca: Path | None, timeout: float = 5.0) -> Refusal | N
         if ca is not None:
             context = ssl.create_default_context(cafile=str(ca))
             try:
-                with context.wrap_socket(raw, server_hostname=host):
-                    return None
+                with context.wrap_socket(raw, server_hostname=host) as tls:
+                    date = _date_header(tls, host, timeout)
+                    return clock_refusal(date, clock()) if date else None
             except ssl.SSLCertVerificationError as exc:
                 return Refusal("the coordinator's TLS certificate is not trusted "
                                f"({exc.verify_message})",

@@ -9,8 +9,9 @@ forwards ``/v1/fleet/*`` (and ``/health``) to the SuperLink, over TLS checked ag
 federation's CA. Every other path gets 403 and never reaches Flower.
 
 It is a Starlette app served by uvicorn, forwarding with httpx (the libraries Flower itself
-is built on). A production site may put nginx or HAProxy in this place instead
-(``deploy/nginx-fleet-only.conf``); the rule is the same: only ``/v1/fleet/`` passes.
+is built on). A production site may put its own reverse proxy (nginx, HAProxy) in this
+place instead; the rule is the same: only ``/v1/fleet/`` (and ``/health``) passes. The
+project ships no such configuration.
 
 Run by ``flower-server``; standalone::
 
