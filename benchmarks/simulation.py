@@ -4,7 +4,7 @@ On the default cohort's cache (written and preprocessed first when missing):
 
 * equal compute: ``spinemet train`` for R x E epochs against a simulation of R rounds x E
   local epochs over 5 IID virtual hospitals, at ``spinemet simulate``'s defaults (100 x 1,
-  the hospitals' batch scaled to 16 / 5 = 3) (target: federated <= 1.5 x centralized). The
+  the hospitals' batch 8) (target: federated <= 1.5 x centralized). The
   federated time is split into Flower's fixed start-up (SuperLink, simulation process, Ray,
   the hospitals loading their tensors) and the rounds;
 * scale: 5, 20 and 100 virtual hospitals, a few rounds of one local epoch each, every

@@ -78,7 +78,7 @@ class Plan:
     workers: int | None = None
     make_cohort: bool = True
     central_epochs_override: int = 0   # 0: rounds x local epochs (equal compute)
-    local_batch: str = "scaled"        # scaled | central | N: the hospitals' batch size
+    local_batch: str = "8"             # N | scaled | central: the hospitals' batch size
 
     @property
     def federated_epochs(self) -> int:

@@ -129,11 +129,11 @@ def test_simulate_end_to_end(small_cohort, small_cache, tmp_path):
         assert rep["central"][part]["accuracy"]["mean"] == pytest.approx(central)
     for side in ("central", "federated"):
         assert rep[side]["wall_seconds"]["mean"] > 0
-    # the default batch rule: 16 / 3 hospitals per round, and the hospitals were told so
+    # the default hospitals' batch (8), and the hospitals were told so
     from spinemet.server.checkpoint import latest_checkpoint, load_checkpoint
-    assert rep["batch_size"] == {"central": 16, "local": 5, "rule": "scaled"}
+    assert rep["batch_size"] == {"central": 16, "local": 8, "rule": "8"}
     fed_checkpoint = load_checkpoint(latest_checkpoint(seed / "federated"))
-    assert fed_checkpoint["settings"]["batch_size"] == 5
+    assert fed_checkpoint["settings"]["batch_size"] == 8
     # the hospitals hold the centralized run's training patients, and nothing else
     hospitals = json.loads((seed / "partition.json").read_text())["hospitals"]
     assert sorted(p for h in hospitals.values() for p in h["patients"]) == split["train"]
@@ -274,9 +274,11 @@ def test_the_plan_says_whether_the_two_sides_train_at_equal_compute():
 def test_the_hospitals_batch_is_the_centralized_batch_over_the_hospitals_per_round():
     from spinemet.simulations.reproduction import Plan
 
-    scaled = Plan(data="d", out="o", cache="c")           # paper: batch 16
+    assert Plan(data="d", out="o", cache="c").local_batch_size(5) == 8    # the default
+    scaled = Plan(data="d", out="o", cache="c", local_batch="scaled")   # paper: batch 16
     assert [scaled.local_batch_size(k) for k in (1, 3, 5, 16, 40)] == [16, 5, 3, 1, 1]
-    assert Plan(data="d", out="o", cache="c", fraction=0.1).local_batch_size(100) == 2
+    assert Plan(data="d", out="o", cache="c", fraction=0.1,
+                local_batch="scaled").local_batch_size(100) == 2
     assert Plan(data="d", out="o", cache="c", local_batch="central").local_batch_size(5) == 16
     assert Plan(data="d", out="o", cache="c", local_batch="7").local_batch_size(5) == 7
     assert "one step across the federation consumes one centralized batch" in \
