@@ -53,7 +53,8 @@ def plot_rounds(summary: dict, results, path: Path) -> Path:
     ax.axhline(central, color="k", ls="--", lw=1.2,
                label=f"centralized (mean of {len(results)}): {100 * central:.1f} %")
     ax.axhline(PAPER_ACCURACY, color="tab:red", ls=":", lw=1, label="paper 96.45 %")
-    ax.set_xlabel(f"round ({epochs_per_round} local epochs each; 0 = initial weights)")
+    unit = "local epoch" if epochs_per_round == 1 else "local epochs"
+    ax.set_xlabel(f"round ({epochs_per_round} {unit} each; 0 = initial weights)")
     ax.set_ylabel("accuracy on the test split")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
