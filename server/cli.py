@@ -9,6 +9,7 @@ started. Exit status: 0 when the run completed, 1 when it failed, 2 on bad input
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -101,6 +102,11 @@ def serve(
     else:
         if out is None:
             raise typer.BadParameter("give --out RUN (or --resume RUN)", param_hint="--out")
+        held = existing_run(out)
+        if held:
+            raise typer.BadParameter(f"{out} already holds a run ({held}): continue it with "
+                                     f"--resume {out}, or give another --out (nothing in it "
+                                     "was changed)", param_hint="--out")
         if certs is None and not insecure:
             raise typer.BadParameter("give --certs CERTS/coordinator, or --insecure for a "
                                      "closed test network", param_hint="--certs")
@@ -121,6 +127,23 @@ def serve(
                       "Anyone who reaches this port can join the federation and read the "
                       "model. Use only on a closed test network.[/]")
     sys.exit(_run(options))
+
+
+# What a run leaves once it was started (a start that failed before leaves only superlink/).
+RUN_MARKERS = ("deployment.json", "status.json", "rounds.jsonl", "checkpoints")
+
+
+def existing_run(out: Path) -> str:
+    """What in ``out`` shows an earlier run ('' when none): a new run there would append its
+    rounds to the old ``rounds.jsonl`` and share the old SuperLink database."""
+    found = [m for m in RUN_MARKERS if (out / m).exists()]
+    if not found:
+        return ""
+    try:
+        status = json.loads((out / "status.json").read_text())
+        return f"{status.get('state', 'unknown')} at round {status.get('round', '?')}"
+    except (OSError, ValueError):
+        return ", ".join(found)
 
 
 def _resume_options(run: Path) -> DeploymentOptions:

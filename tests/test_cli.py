@@ -67,3 +67,24 @@ def test_cohort_command_refuses_folder_of_another_spec(tmp_path):
               "--workers", "1", "--no-preview")
     assert res.returncode == 2
     assert "--overwrite" in res.stdout + res.stderr
+
+
+def test_flower_server_refuses_to_start_a_new_run_in_a_run_folder(tmp_path):
+    """A second run in RUN would append to the first one's rounds.jsonl: refused, pointing
+    at --resume, and nothing in RUN touched."""
+    from typer.testing import CliRunner
+
+    from spinemet.server.cli import app, existing_run
+
+    run = tmp_path / "run"
+    (run / "superlink").mkdir(parents=True)
+    (run / "superlink" / "state.db").write_bytes(b"")
+    assert existing_run(run) == ""          # a start that failed early: free to use
+    (run / "status.json").write_text('{"state": "completed", "round": 3}')
+    (run / "rounds.jsonl").write_text('{"round": 1}\n')
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["--out", str(run), "--insecure", "--rounds", "2"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())   # rich wraps it in a box
+    assert "already holds a run (completed at round 3)" in text and "--resume" in text
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
