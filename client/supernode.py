@@ -84,22 +84,18 @@ def clock_refusal(date_header: str, local: float) -> Refusal | None:
                    "set this host's clock (enable NTP / chrony) and start again")
 
 
-def _date_header(sock, host: str, timeout: float) -> str | None:
-    """The ``Date`` header of the coordinator's answer to ``GET /health``."""
-    sock.settimeout(timeout)
-    sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-                 .encode())
-    head = b""
-    while b"\r\n\r\n" not in head and len(head) < 16384:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    for line in head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "date":
-            return value.strip()
-    return None
+def _clock_check(host: str, port: int, context: ssl.SSLContext, timeout: float,
+                 clock: Callable[[], float]) -> Refusal | None:
+    """The coordinator's clock from its ``Date`` header (``GET /health``) against ours."""
+    import httpx
+
+    name = f"[{host}]" if ":" in host else host
+    try:
+        date = httpx.get(f"https://{name}:{port}/health", verify=context,
+                         timeout=timeout).headers.get("date")
+    except httpx.HTTPError:
+        return None
+    return clock_refusal(date, clock()) if date else None
 
 
 def split_address(server: str) -> tuple[str, int]:
@@ -126,9 +122,8 @@ def preflight(server: str, ca: Path | None, timeout: float = 5.0,
         if ca is not None:
             context = ssl.create_default_context(cafile=str(ca))
             try:
-                with context.wrap_socket(raw, server_hostname=host) as tls:
-                    date = _date_header(tls, host, timeout)
-                    return clock_refusal(date, clock()) if date else None
+                with context.wrap_socket(raw, server_hostname=host):
+                    pass
             except ssl.SSLCertVerificationError as exc:
                 return Refusal("the coordinator's TLS certificate is not trusted "
                                f"({exc.verify_message})",
@@ -137,6 +132,7 @@ def preflight(server: str, ca: Path | None, timeout: float = 5.0,
                                "`spinemet certs`")
             except (ssl.SSLError, OSError):
                 return None
+            return _clock_check(host, port, context, timeout, clock)
         try:
             raw.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                         .encode())

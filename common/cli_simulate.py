@@ -92,24 +92,24 @@ def simulate_command(
         parse_partition(partition)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--partition")
-    if local_batch not in ("scaled", "central") and not (local_batch.isdigit() and
-                                                         int(local_batch) >= 1):
-        raise typer.BadParameter(f"{local_batch!r} is not scaled, central or a positive integer",
-                                 param_hint="--local-batch-size")
     if rounds < 1 or local_epochs < 1 or sites < 1 or central_epochs < 0 or \
             not 0 < fraction <= 1:
         raise typer.BadParameter("rounds, local epochs and sites must be >= 1, central epochs "
                                  ">= 0, fraction in (0, 1]")
-    plan = Plan(data=str(data), out=str(out.resolve()),
-                cache=str(cache or data.resolve().parent / "cache"),
-                labels=str(labels) if labels else None,
-                sites=sites, partition=partition, rounds=rounds, local_epochs=local_epochs,
-                strategy=strategy, server_momentum=server_momentum, server_lr=server_lr,
-                proximal_mu=proximal_mu, model=model, seeds=seed_list or (0,), fraction=fraction,
-                extra_patients=extra_patients, extra_seed=extra_seed,
-                extra_data=str(extra_data) if extra_data else "",
-                cpus_per_client=cpus_per_client, workers=workers,
-                central_epochs_override=central_epochs, local_batch=local_batch)
+    try:
+        plan = Plan(data=str(data), out=str(out.resolve()),
+                    cache=str(cache or data.resolve().parent / "cache"),
+                    labels=str(labels) if labels else None,
+                    sites=sites, partition=partition, rounds=rounds, local_epochs=local_epochs,
+                    strategy=strategy, server_momentum=server_momentum, server_lr=server_lr,
+                    proximal_mu=proximal_mu, model=model, seeds=seed_list or (0,),
+                    fraction=fraction,
+                    extra_patients=extra_patients, extra_seed=extra_seed,
+                    extra_data=str(extra_data) if extra_data else "",
+                    cpus_per_client=cpus_per_client, workers=workers,
+                    central_epochs_override=central_epochs, local_batch=local_batch)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--local-batch-size")
     if overwrite and (out / "plan.json").exists():
         shutil.rmtree(out)
     with _progress() as bar:

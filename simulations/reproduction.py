@@ -80,6 +80,12 @@ class Plan:
     central_epochs_override: int = 0   # 0: rounds x local epochs (equal compute)
     local_batch: str = "8"             # N | scaled | central: the hospitals' batch size
 
+    def __post_init__(self) -> None:
+        if self.local_batch not in ("scaled", "central") and not (
+                self.local_batch.isdigit() and int(self.local_batch) >= 1):
+            raise ValueError(f"local batch size {self.local_batch!r} is not scaled, central or "
+                             "a positive integer")
+
     @property
     def federated_epochs(self) -> int:
         """Times each training study is seen by its hospital over the run."""
@@ -124,8 +130,11 @@ class Plan:
         if self.local_batch == "central":
             return batch
         if self.local_batch == "scaled":
-            return max(1, round(batch / max(1, math.ceil(self.fraction * hospitals))))
+            return max(1, round(batch / self.hospitals_per_round(hospitals)))
         return int(self.local_batch)
+
+    def hospitals_per_round(self, hospitals: int) -> int:
+        return max(1, math.ceil(self.fraction * hospitals))
 
     def extra_paths(self) -> tuple[Path, Path]:
         data = Path(self.extra_data) if self.extra_data else (
@@ -260,7 +269,7 @@ def run_seed(plan: Plan, seed: int, train_rows: list[dict], progress: Progress |
             "strategy": plan.strategy, "seed": seed, "split-seed": plan.split_seed,
             "server-momentum": plan.server_momentum, "server-lr": plan.server_lr,
             "proximal-mu": plan.proximal_mu, "batch-size": plan.local_batch_size(len(partition)),
-            "min-sites": max(1, math.ceil(plan.fraction * len(partition))),
+            "min-sites": plan.hospitals_per_round(len(partition)),
             "fraction-train": plan.fraction,
             "sim-partition": str((root / "partition.json").resolve()),
             "sim-cache": str(Path(plan.cache).resolve()),

@@ -283,5 +283,8 @@ def test_the_hospitals_batch_is_the_centralized_batch_over_the_hospitals_per_rou
     assert Plan(data="d", out="o", cache="c", local_batch="7").local_batch_size(5) == 7
     assert "one step across the federation consumes one centralized batch" in \
         scaled.compute_text() and scaled.key()["local_batch"] == "scaled"
+    for bad in ("0", "half", "-3"):
+        with pytest.raises(ValueError, match="not scaled, central or a positive integer"):
+            Plan(data="d", out="o", cache="c", local_batch=bad)
     old = Plan(data="d", out="o", cache="c", rounds=20, local_epochs=5, local_batch="central")
     assert "local_batch" not in old.key()     # plan.json files from before the option match
