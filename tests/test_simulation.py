@@ -288,3 +288,49 @@ def test_the_hospitals_batch_is_the_centralized_batch_over_the_hospitals_per_rou
             Plan(data="d", out="o", cache="c", local_batch=bad)
     old = Plan(data="d", out="o", cache="c", rounds=20, local_epochs=5, local_batch="central")
     assert "local_batch" not in old.key()     # plan.json files from before the option match
+
+
+def test_without_an_extra_cohort_the_summary_and_report_use_the_test_split(tmp_path):
+    """`make run` (``--extra-patients 0``): every number comes from the test split, the
+    declared check is judged there, and nothing names an extra cohort."""
+    from spinemet.common.metrics import classification_metrics
+    from spinemet.simulations.reproduction import Plan, SeedResult, summarise
+    from spinemet.simulations.reproduction_report import write_reproduction_report
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 20)
+    ids = [f"p{i}" for i in range(len(y))]
+
+    def scored(p_correct: float) -> Scored:
+        right = rng.random(len(y)) < p_correct
+        pred = np.where(right, y, (y + 1) % 3)
+        proba = np.full((len(y), 3), 0.1)
+        proba[np.arange(len(y)), pred] = 0.8
+        m = classification_metrics(y, proba, bootstrap=50)
+        return Scored(m, pred == y, ids)
+
+    plan = Plan(data=str(tmp_path / "cohort"), out=str(tmp_path / "run"), cache="c",
+                extra_patients=0, seeds=(0, 1))
+    results = []
+    for seed in (0, 1):
+        r = SeedResult(seed, 100.0, 150.0, central={"test": scored(0.9)},
+                       federated={"test": scored(0.8)}, central_best_epoch=90,
+                       federated_best_round=95)
+        r.federated_rounds = [{"round": k, "evaluated_round": k - 1,
+                               "server_test_accuracy": 0.3 + 0.005 * k} for k in range(1, 101)]
+        results.append(r)
+    summary = summarise(plan, results, 5)
+    assert list(summary["gap_pp"]) == ["test"] and summary["extra_cohort"] is None
+    assert summary["n_patients"] == {"test": 60}
+    acc = [[r.central["test"].metrics["accuracy"], r.federated["test"].metrics["accuracy"]]
+           for r in results]
+    assert summary["gap_pp"]["test"] == pytest.approx(
+        100 * np.mean([c - f for c, f in acc]))
+    assert summary["wall_ratio"] == pytest.approx(1.5)
+    out = tmp_path / "run"
+    out.mkdir()
+    text = write_reproduction_report(out, summary, results).read_text()
+    assert "extra" not in text.lower()
+    assert "on the test split <= 1 point" in text and "(n = 60)" in text
+    for png in ("accuracy_per_round.png", "confusion_central.png", "confusion_federated.png"):
+        assert (out / png).stat().st_size > 1000, png
