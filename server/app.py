@@ -46,7 +46,9 @@ def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
             write_status(out, "running", state.round, f"round {server_round}")
             row = coordinator.train_round(state, server_round)
             state.history.append(row)
+            t_checkpoint = coordinator.clock()
             coordinator.checkpoint(state)
+            row["seconds_checkpoint"] = coordinator.clock() - t_checkpoint
             append_round(out, row)
             log.info("round %d/%d: %d sites, train loss %.4f; round %d model: val loss %s, "
                      "pooled test accuracy %s (%.1f s)", server_round, settings.num_rounds,

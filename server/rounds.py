@@ -260,8 +260,10 @@ class Coordinator:
                   "local-epochs": self.settings.local_epochs,
                   "class-counts": [int(c) for c in state.global_counts],
                   "proximal-mu": self.aggregator.proximal_mu}
+        t_send = self.clock()
         replies, silent = self._send(nodes, TRAIN, config, state.weights,
                                      self.settings.round_timeout, str(server_round))
+        t_replies = self.clock()
         reference = {k: v.numpy() for k, v in state.weights.items()}
         kept, dropped = screen_replies(replies, reference, self.declared)
         self.responsive = {s.node_id for s in kept}
@@ -290,6 +292,11 @@ class Coordinator:
         self._consider(state, server_round - 1, row, state.weights)
         row.pop("val_nll_by_t", None)     # kept with the best round, not in rounds.jsonl
         row["seconds"] = self.clock() - t0
+        # where the round's time went: push -> every reply in (Flower's message path + the
+        # sites' work), and the coordinator's own work before and after (sampling,
+        # screening, aggregation, scoring); the checkpoint is timed by the caller
+        row["seconds_exchange"] = t_replies - t_send
+        row["seconds_coordinator"] = row["seconds"] - row["seconds_exchange"]
         state.weights, state.round = new_weights, server_round
         return row
 

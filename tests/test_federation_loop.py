@@ -289,3 +289,36 @@ def test_resume_refuses_other_settings(small_cache, tmp_path, completed):
     with pytest.raises(FederationError, match="num_rounds"):
         run_federation(InProcessGrid(nodes(small_cache)),
                        settings(out, num_rounds=5, resume=True), **no_wait())
+
+
+def test_round_time_is_split_into_exchange_coordinator_and_checkpoint(small_cache, tmp_path,
+                                                                     monkeypatch):
+    """rounds.jsonl attributes time to where it passed: while the messages are out (Flower's
+    path and the sites' work), in the coordinator's own steps, and in the checkpoint."""
+    from spinemet.server import rounds as rounds_module
+
+    t = [0.0]
+
+    class SlowGrid(InProcessGrid):
+        def push_messages(self, messages):        # the messages take 1.5 s to come back
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                t[0] += 1.5
+            return super().push_messages(messages)
+
+    saved = rounds_module.save_checkpoint
+
+    def slow_checkpoint(*args, **kw):              # and writing a checkpoint 0.25 s
+        t[0] += 0.25
+        return saved(*args, **kw)
+
+    monkeypatch.setattr(rounds_module, "save_checkpoint", slow_checkpoint)
+    run_federation(SlowGrid(nodes(small_cache)), settings(tmp_path / "run"),
+                   clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + s))
+    rows = [r for r in read_rounds(tmp_path / "run") if r["round"]]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["seconds_exchange"] == pytest.approx(1.5)
+        assert r["seconds_coordinator"] == pytest.approx(r["seconds"] - 1.5)
+        assert r["seconds_coordinator"] == pytest.approx(0.0)   # the fake clock: only these
+        assert r["seconds_checkpoint"] == pytest.approx(0.25)
