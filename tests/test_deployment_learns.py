@@ -2,8 +2,9 @@
 held-out accuracy beats chance (a one-sided binomial test against 1/3).
 
 The other deployment tests (``test_deployment.py``) use 24 patients: enough for every
-protocol path, too few to learn from. Here each hospital holds 60 patients of a 180-patient
-cohort (about 41 fit, 7 validation and 12 held-out each). The sigmoid ``paper`` CNN stays at
+protocol path, too few to learn from. Here the hospitals hold 29, 71 and 80 patients of a
+180-patient cohort (seed 22; the cohort's sites differ in size): 122 fit patients in all,
+36 held out. The sigmoid ``paper`` CNN stays at
 chance on so few studies in two rounds (measured in process: 2 x 20, 2 x 60 local epochs at
 batch 8 and 2 x 40 at batch 4, all at chance), so this run trains ``resnet-gn``, 20 local
 epochs per round at batch 8; the same in-process loop reached 23/36 and 24/36 on two cohorts
