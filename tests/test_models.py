@@ -99,11 +99,17 @@ def test_each_model_learns_a_lesion_like_signal(name):
     m = build_model(name, SHAPE)
     opt = torch.optim.SGD(m.parameters(), lr=0.05 if name == "resnet-gn" else 0.2,
                           momentum=0.9)
-    for _ in range(15 if name == "resnet-gn" else 80):
+    epochs = 15 if name == "resnet-gn" else 80
+    # the rate decays to 0 (as the training protocol's does): at a constant rate the
+    # accuracy oscillates between epochs and the last epoch's value is luck (resnet-gn:
+    # 0.90 at epoch 15, 0.76 at 13, 1.00 at 14 on one machine)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for _ in range(epochs):
         for b in range(0, n, 16):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(m(x[b:b + 16]), y[b:b + 16]).backward()
             opt.step()
+        schedule.step()
     m.eval()
     with torch.no_grad():
         acc = (m(x).argmax(1) == y).float().mean()
