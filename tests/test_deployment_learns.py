@@ -41,7 +41,7 @@ def learned(tmp_path_factory):
     write_cohort(SPEC, cohort, 2)
     sites = sorted({r["site"] for r in read_labels(cohort / "labels.csv")})
     assert len(sites) == 3
-    pki = init_pki(root / "pki", f"localhost,{PUBLIC}", sites)
+    init_pki(root / "pki", f"localhost,{PUBLIC}", sites)
     procs = Procs(root)
     port = free_port(PUBLIC)
     run = root / "run"
@@ -61,8 +61,7 @@ def learned(tmp_path_factory):
         wait_for(lambda: server.p.poll() is not None, 1200, "the run to finish",
                  [server, *clients])
         code = server.wait(120)
-        result = {"run": run, "code": code, "log": server.text(), "sites": sites,
-                  "pki": pki}
+        result = {"run": run, "code": code, "log": server.text()}
     finally:
         procs.close()
     return result
