@@ -44,11 +44,11 @@ run: setup
 # The README's federated results: IID over five seeds; Dirichlet(0.5) label skew with each
 # strategy; the cohort's own sites. Each finished side of each seed is kept on a re-run.
 reproduce-federated: setup
-	$(SIMULATE) --out $(RUNS)/sim-iid-fedavg-b8 --seeds $(shell echo $(SEEDS) | tr ' ' ,)
+	$(SIMULATE) --out $(RUNS)/sim-iid-fedavg-b8-carry --seeds $(shell echo $(SEEDS) | tr ' ' ,)
 	for s in $(STRATEGIES); do \
-	  $(SIMULATE) --out $(RUNS)/sim-dir05-$$s-b8 --seeds 0 --partition dirichlet:0.5 \
+	  $(SIMULATE) --out $(RUNS)/sim-dir05-$$s-b8-carry --seeds 0 --partition dirichlet:0.5 \
 	    --strategy $$s || exit 1; done
-	$(SIMULATE) --out $(RUNS)/sim-site-fedavg-b8 --seeds 0 --partition site
+	$(SIMULATE) --out $(RUNS)/sim-site-fedavg-b8-carry --seeds 0 --partition site
 
 # The README's calibration table: each model over five training seeds on the default cohort,
 # each run also scored on a large extra cohort drawn from another seed.

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from ..common.federation import (E_BAD_REQUEST, E_MISMATCH, E_NO_DATA, EVALUATE, HELLO, TRAIN,
-                                 SiteRefusal, fingerprint, fingerprint_mismatch)
+                                 SiteRefusal, fingerprint, fingerprint_mismatch, join_momentum,
+                                 split_momentum)
 from ..common.training.protocol import TrainConfig
-from .local import evaluate_weights, train_round
+from .local import MomentumMismatch, evaluate_weights, train_round
 from .site_data import load_site
 
 Arrays = dict[str, np.ndarray]
@@ -76,7 +77,9 @@ def hello(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[None, di
 
 def train(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[Arrays, dict]:
     config, data = _prepared(node_config, cfg)
-    state = _state(arrays)
+    weights, buffers = split_momentum(arrays or {})
+    state = _state(weights)
+    momentum = _state(buffers) if buffers else None
     try:
         server_round, local_epochs = int(cfg["server-round"]), int(cfg["local-epochs"])
         counts = [int(c) for c in cfg["class-counts"]]
@@ -85,9 +88,17 @@ def train(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[Arrays, 
     except Exception:
         raise SiteRefusal(E_BAD_REQUEST, "the train message lacks round, local-epochs, "
                           "class-counts or seed") from None
-    new_state, metrics = train_round(data, state, config, server_round, local_epochs,
-                                     counts, seed, mu, temperatures)
-    return {k: v.numpy() for k, v in new_state.items()}, metrics
+    try:
+        new_state, metrics, new_momentum = train_round(
+            data, state, config, server_round, local_epochs, counts, seed, mu, temperatures,
+            momentum)
+    except MomentumMismatch:
+        raise SiteRefusal(E_BAD_REQUEST, "the momentum buffers do not match the model") \
+            from None
+    out = {k: v.numpy() for k, v in new_state.items()}
+    if new_momentum is not None:
+        out = join_momentum(out, {k: v.numpy() for k, v in new_momentum.items()})
+    return out, metrics
 
 
 def evaluate(node_config: dict, cfg: dict, arrays: Arrays | None) -> tuple[None, dict]:

@@ -49,13 +49,44 @@ def proximal_term(model, anchor: dict[str, torch.Tensor], mu: float):
     return penalty
 
 
+class MomentumMismatch(ValueError):
+    """The carried buffers are not one per trainable parameter of the model."""
+
+
+def load_momentum(model, optimizer: torch.optim.Optimizer,
+                  momentum: dict[str, torch.Tensor]) -> None:
+    """Start SGD from carried momentum buffers (one per trainable parameter, by name).
+
+    A zero buffer is the same as a fresh optimiser (with dampening 0, SGD's first step sets
+    ``buf = grad``, and ``0.9 * 0 + grad`` is that too), so round 1 needs no special case."""
+    params = dict(model.named_parameters())
+    if set(momentum) != set(params):
+        raise MomentumMismatch("the momentum buffers do not match the model's parameters")
+    for name, p in params.items():
+        if tuple(momentum[name].shape) != tuple(p.shape):
+            raise MomentumMismatch(f"the momentum buffer of {name} has the wrong shape")
+        optimizer.state[p]["momentum_buffer"] = momentum[name].to(p.dtype).clone()
+
+
+def momentum_of(model, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimiser's momentum buffers by parameter name (zeros where it took no step)."""
+    out = {}
+    for name, p in model.named_parameters():
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        out[name] = buf.detach().clone() if buf is not None else torch.zeros_like(p)
+    return out
+
+
 def train_round(data: SiteData, state: dict[str, torch.Tensor], config: TrainConfig,
                 server_round: int, local_epochs: int, global_counts: list[int],
-                seed: int, proximal_mu: float = 0.0, temperatures: list[float] | None = None
-                ) -> tuple[dict[str, torch.Tensor], dict]:
+                seed: int, proximal_mu: float = 0.0, temperatures: list[float] | None = None,
+                momentum: dict[str, torch.Tensor] | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor] | None]:
     """Score the received weights, then train global epochs of this round on the fit part.
 
-    Returns the new state dict and the metrics the site may share."""
+    ``momentum``: the federation's carried SGD momentum buffers, or None to start the
+    optimiser afresh. Returns the new state dict, the metrics the site may share and (when
+    ``momentum`` was given) the optimiser's buffers at the end of the round."""
     t0 = time.perf_counter()
     local_seed = site_seed(seed, data.site, server_round)
     seed_everything(local_seed)
@@ -64,6 +95,8 @@ def train_round(data: SiteData, state: dict[str, torch.Tensor], config: TrainCon
     t_eval = time.perf_counter() - t0
     local = config.replace(seed=local_seed)
     optimizer = make_optimizer(model, local)
+    if momentum is not None:
+        load_momentum(model, optimizer, momentum)
     weights = class_weights(global_counts) if config.class_weighted else None
     augment = make_augment(local)
     penalty = None
@@ -80,7 +113,9 @@ def train_round(data: SiteData, state: dict[str, torch.Tensor], config: TrainCon
     metrics.update({"num-examples": len(data.fit), "train-loss-sum": loss_sum,
                     "train-seen": seen,
                     "seconds-eval": t_eval, "seconds-train": time.perf_counter() - t0 - t_eval})
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, metrics
+    new_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return new_state, metrics, (momentum_of(model, optimizer) if momentum is not None
+                                else None)
 
 
 def evaluate_weights(data: SiteData, state: dict[str, torch.Tensor], config: TrainConfig,

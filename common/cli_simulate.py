@@ -36,6 +36,10 @@ def simulate_command(
                                                   "FedAdam's eta; 0 = Flower's default "
                                                   "(1.0 / 0.1).")] = 0.0,
     proximal_mu: Annotated[float, typer.Option(help="FedProx's proximal term.")] = 0.01,
+    client_momentum: Annotated[str, typer.Option(
+        help="carry: the hospitals' SGD momentum runs on across rounds (the coordinator "
+             "averages the buffers with the weights), as in the centralized run; restart: "
+             "every round starts it from zero (docs/simulation.md).")] = "carry",
     model: Annotated[str, typer.Option(help="Model name (`spinemet models`).")] = "paper",
     seeds: Annotated[str, typer.Option(help="Training/partition seeds, e.g. 0 or 0,1,2,3,4.")]
     = "0",
@@ -102,7 +106,7 @@ def simulate_command(
                     labels=str(labels) if labels else None,
                     sites=sites, partition=partition, rounds=rounds, local_epochs=local_epochs,
                     strategy=strategy, server_momentum=server_momentum, server_lr=server_lr,
-                    proximal_mu=proximal_mu, model=model, seeds=seed_list or (0,),
+                    proximal_mu=proximal_mu, client_momentum=client_momentum, model=model, seeds=seed_list or (0,),
                     fraction=fraction,
                     extra_patients=extra_patients, extra_seed=extra_seed,
                     extra_data=str(extra_data) if extra_data else "",

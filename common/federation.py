@@ -13,7 +13,11 @@ Three message kinds, each one Flower message per site:
     config. The site first scores the weights it received on its validation and test
     patients (counts and sums only: :mod:`.pooled_metrics`), then trains its local epochs
     of global epochs ``[(r-1)E, rE)`` and returns the new weights with its example count.
-    One message per round carries both, which halves Flower's per-message cost.
+    One message per round carries both, which halves Flower's per-message cost. With
+    ``client-momentum = carry`` the same arrays also hold the SGD momentum buffers
+    (:data:`MOMENTUM_PREFIX` + parameter name): the site starts its optimiser from the
+    federation's averaged buffers and returns its own, so momentum runs on across rounds
+    as in the centralized run instead of restarting from zero every round.
 ``evaluate``
     Coordinator -> site: the selected weights and a grid of temperatures; the site returns
     the summaries of its validation and test patients (with the validation NLL per
@@ -49,6 +53,10 @@ ERRORS = {
     E_INTERNAL: "the site's training failed; its operator has the details in the site's log",
 }
 
+#: array-name prefix of the carried SGD momentum buffers in a ``train`` message and reply
+MOMENTUM_PREFIX = "momentum/"
+CLIENT_MOMENTUM = ("carry", "restart")
+
 # Temperatures the sites score for temperature scaling (log-spaced, 0.5 .. 5).
 TEMPERATURE_GRID = [round(float(t), 4) for t in np.geomspace(0.5, 5.0, 41)]
 
@@ -82,6 +90,19 @@ def fingerprint_mismatch(coordinator: dict, site: dict) -> str | None:
             return (f"{key} is {b} at the site and {a} at the coordinator; install the same "
                     "SpineMet release on both sides")
     return None
+
+
+def split_momentum(arrays: dict) -> tuple[dict, dict]:
+    """(model arrays, momentum buffers by parameter name) of a ``train`` message."""
+    weights = {k: v for k, v in arrays.items() if not k.startswith(MOMENTUM_PREFIX)}
+    momentum = {k[len(MOMENTUM_PREFIX):]: v for k, v in arrays.items()
+                if k.startswith(MOMENTUM_PREFIX)}
+    return weights, momentum
+
+
+def join_momentum(weights: dict, momentum: dict) -> dict:
+    """The inverse of :func:`split_momentum`."""
+    return {**weights, **{MOMENTUM_PREFIX + k: v for k, v in momentum.items()}}
 
 
 def site_seed(seed: int, site: str, server_round: int) -> int:

@@ -11,6 +11,11 @@
   (Flower's default averages them). FedAdam's moments and FedAvgM's momentum live on the
   strategy object: :meth:`Aggregator.state` and :meth:`Aggregator.load_state` carry them
   through checkpoints.
+* The sites' carried SGD momentum buffers (``client-momentum = carry``: arrays named
+  ``momentum/<parameter>`` beside the weights) are split off before the strategy sees the
+  weights and averaged by Flower's ``FedAvg`` with the same example counts
+  (:meth:`Aggregator.average_momentum`), whatever the strategy: they are the sites'
+  optimiser state, not a model to apply a server optimiser to.
 
 Why FedAvgM is offered: with FedAvg, K hospitals training from the same weights and then
 averaged advance the model about as far as ONE of them would have: at equal compute the
@@ -33,7 +38,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
-from ..common.federation import check_update
+from ..common.federation import check_update, split_momentum
 from ..common.pooled_metrics import add_summaries
 
 log = logging.getLogger("spinemet.server")
@@ -103,6 +108,17 @@ def screen_replies(replies, reference: dict[str, np.ndarray], declared: dict[int
     return kept, dropped
 
 
+def _part(kept: list[Screened], which: int) -> list[Message]:
+    """The replies as Flower messages holding only their weights (0) or momentum (1)."""
+    out = []
+    for s in kept:
+        arrays = split_momentum(dict(s.content["arrays"].items()))[which]
+        content = RecordDict({"arrays": ArrayRecord(arrays),
+                              "metrics": MetricRecord(dict(s.content["metrics"]))})
+        out.append(Message(content, dst_node_id=s.node_id, message_type="train"))
+    return out
+
+
 class Aggregator:
     """One of Flower's strategies, used for its aggregation only (the loop is ours)."""
 
@@ -123,6 +139,7 @@ class Aggregator:
                                     server_momentum=server_momentum, **common)
         else:
             self.strategy = FedAvg(**common)
+        self._mean = FedAvg(**common)    # the carried momentum buffers: a plain weighted mean
 
     @property
     def proximal_mu(self) -> float:
@@ -136,14 +153,21 @@ class Aggregator:
         elif isinstance(self.strategy, FedAvgM):   # its pseudo-gradient is old - average
             self.strategy.current_arrays = ArrayRecord(
                 {k: Array(v.numpy().copy()) for k, v in current.items()})
-        messages = [Message(s.content, dst_node_id=s.node_id, message_type="train")
-                    for s in kept]
-        arrays, metrics = self.strategy.aggregate_train(server_round, messages)
+        arrays, metrics = self.strategy.aggregate_train(server_round, _part(kept, 0))
         if arrays is None:
             raise RuntimeError("no reply to aggregate")
         new = {k: torch.from_numpy(np.asarray(a.numpy())).to(current[k].dtype)
                for k, a in arrays.items()}
         return {k: new[k] for k in current}, dict(metrics or {})
+
+    def average_momentum(self, server_round: int, current: dict[str, torch.Tensor],
+                         kept: list[Screened]) -> dict[str, torch.Tensor]:
+        """The sites' momentum buffers averaged, weighted by their example counts."""
+        arrays, _ = self._mean.aggregate_train(server_round, _part(kept, 1))
+        if arrays is None:
+            raise RuntimeError("no reply to aggregate")
+        return {k: torch.from_numpy(np.asarray(arrays[k].numpy())).to(v.dtype)
+                for k, v in current.items()}
 
     def state(self) -> dict:
         out: dict = {"name": self.name}

@@ -6,7 +6,9 @@
    global counts the loss weights come from.
 3. Each round: a seeded sample of the accepted nodes gets one ``train`` message with the
    global weights; replies are awaited up to ``round-timeout``; :func:`.aggregation.screen_replies`
-   drops bad ones; Flower's strategy aggregates the rest. The same replies carry the sites'
+   drops bad ones; Flower's strategy aggregates the rest (and, with ``client-momentum =
+   carry``, Flower's FedAvg averages the sites' SGD momentum buffers, which go out again
+   with the next round's weights). The same replies carry the sites'
    scores of the weights they received (the previous round's model), so the validation
    loss that selects the model and the pooled test metrics arrive without another message.
 4. After each round: a line in ``RUN/rounds.jsonl`` and a checkpoint.
@@ -31,7 +33,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from ..common import __version__
-from ..common.federation import (EVALUATE, HELLO, TEMPERATURE_GRID, TRAIN, fingerprint)
+from ..common.federation import (EVALUATE, HELLO, TEMPERATURE_GRID, TRAIN, fingerprint,
+                                 join_momentum)
 from ..common.models import build_model
 from ..common.pooled_metrics import add_summaries, metrics_from_summary
 from ..common.preprocess.pipeline import default_pipeline
@@ -56,6 +59,7 @@ class RunState:
     best: dict = field(default_factory=dict)     # {"round", "val_loss", "weights"}
     history: list[dict] = field(default_factory=list)
     global_counts: list[int] = field(default_factory=list)
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)  # carried SGD buffers
 
 
 class Coordinator:
@@ -228,9 +232,10 @@ class Coordinator:
             path = latest_checkpoint(self.out)
             if path is not None:
                 blob = load_checkpoint(path)
-                saved = blob.get("settings", {})
+                # checkpoints from before client-momentum existed restarted it every round
+                saved = {"client_momentum": "restart", **blob.get("settings", {})}
                 for key in ("model", "strategy", "num_rounds", "local_epochs", "seed",
-                            "split_seed"):
+                            "split_seed", "client_momentum"):
                     if saved.get(key) != getattr(self.settings, key):
                         raise FederationError(
                             f"{path}: {key} was {saved.get(key)!r}, this run asks "
@@ -239,17 +244,23 @@ class Coordinator:
                 log.info("resuming after round %d from %s", blob["round"], path.name)
                 return RunState(int(blob["round"]), blob["weights"], blob.get("best") or {},
                                 list(blob.get("history", [])),
-                                list(blob.get("global_counts", [])))
+                                list(blob.get("global_counts", [])),
+                                dict(blob.get("momentum") or {}))
             log.warning("--resume: no checkpoint in %s; starting from round 1", self.out)
         seed_everything(self.settings.seed)
         model = build_model(self.config.model, self.input_shape)
-        return RunState(0, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        # zero buffers: a site's first SGD step from them is a fresh optimiser's
+        momentum = ({k: torch.zeros_like(p.detach()) for k, p in model.named_parameters()}
+                    if self.settings.client_momentum == "carry" else {})
+        return RunState(0, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                        momentum=momentum)
 
     def checkpoint(self, state: RunState) -> None:
         save_checkpoint(self.out, {
             "round": state.round, "weights": state.weights, "best": state.best,
             "strategy": self.aggregator.state(), "rng": {"seed": self.settings.seed},
             "settings": self.settings.to_dict(), "global_counts": state.global_counts,
+            "momentum": state.momentum,
             "history": state.history, "spinemet_version": __version__})
 
     def train_round(self, state: RunState, server_round: int) -> dict:
@@ -261,10 +272,11 @@ class Coordinator:
                   "class-counts": [int(c) for c in state.global_counts],
                   "proximal-mu": self.aggregator.proximal_mu}
         t_send = self.clock()
-        replies, silent = self._send(nodes, TRAIN, config, state.weights,
+        outgoing = join_momentum(state.weights, state.momentum)
+        replies, silent = self._send(nodes, TRAIN, config, outgoing,
                                      self.settings.round_timeout, str(server_round))
         t_replies = self.clock()
-        reference = {k: v.numpy() for k, v in state.weights.items()}
+        reference = {k: v.numpy() for k, v in outgoing.items()}
         kept, dropped = screen_replies(replies, reference, self.declared)
         self.responsive = {s.node_id for s in kept}
         if len(kept) < self.settings.min_sites:
@@ -273,7 +285,9 @@ class Coordinator:
                 f"{self.settings.min_sites} ({len(silent)} silent, {len(dropped)} excluded); "
                 "the last checkpoint is kept: fix the sites and resume with --resume")
         new_weights, summed = self.aggregator.aggregate(server_round, state.weights, kept)
-        down = ArrayRecord(state.weights).count_bytes() + len(ConfigRecord(config).deflate())
+        new_momentum = (self.aggregator.average_momentum(server_round, state.momentum, kept)
+                        if state.momentum else {})
+        down = ArrayRecord(outgoing).count_bytes() + len(ConfigRecord(config).deflate())
         up = [s.content["arrays"].count_bytes() + len(s.content["metrics"].deflate())
               for s in kept]
         row = {"round": server_round, "sampled": len(nodes), "aggregated": len(kept),
@@ -297,7 +311,7 @@ class Coordinator:
         # screening, aggregation, scoring); the checkpoint is timed by the caller
         row["seconds_exchange"] = t_replies - t_send
         row["seconds_coordinator"] = row["seconds"] - row["seconds_exchange"]
-        state.weights, state.round = new_weights, server_round
+        state.weights, state.momentum, state.round = new_weights, new_momentum, server_round
         return row
 
     def final_evaluation(self, state: RunState) -> tuple[dict, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..common.federation import CLIENT_MOMENTUM
 from ..common.training.protocol import MODEL_DEFAULTS, TrainConfig
 from .aggregation import STRATEGIES
 
@@ -23,6 +24,7 @@ class Settings:
     proximal_mu: float = 0.01      # FedProx only
     server_lr: float = 0.0         # FedAdam's eta / FedAvgM's server lr; 0: Flower's default
     server_momentum: float = 0.9   # FedAvgM only
+    client_momentum: str = "carry"  # the sites' SGD momentum: carry (averaged) or restart
     min_sites: int = 2
     fraction_train: float = 1.0
     wait_for_sites: float = 600.0  # seconds to wait for min_sites before failing
@@ -69,6 +71,9 @@ class Settings:
             problems.append(f"test-split {self.test_split!r} is not 'all' or 'test'")
         if self.server_lr < 0 or not 0 <= self.server_momentum < 1:
             problems.append("server-lr must be >= 0 and server-momentum in [0, 1)")
+        if self.client_momentum not in CLIENT_MOMENTUM:
+            problems.append(f"client-momentum {self.client_momentum!r} is not one of "
+                            f"{', '.join(CLIENT_MOMENTUM)}")
         if not 0 < self.fraction_train <= 1:
             problems.append("fraction-train must be in (0, 1]")
         if problems:

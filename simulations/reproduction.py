@@ -36,6 +36,7 @@ from typing import Callable
 from ..common.cohort.spec import CohortSpec
 from ..common.cohort.writer import write_cohort
 from ..common.dataset import SpineDataset
+from ..common.federation import CLIENT_MOMENTUM
 from ..common.preprocess.pipeline import default_pipeline
 from ..common.training.loop import load_tensors
 from ..common.training.protocol import TrainConfig
@@ -67,6 +68,7 @@ class Plan:
     server_momentum: float = 0.9     # fedavgm
     server_lr: float = 0.0           # fedavgm / fedadam (0: Flower's default)
     proximal_mu: float = 0.01        # fedprox
+    client_momentum: str = "carry"   # the hospitals' SGD momentum: carry | restart
     model: str = "paper"
     seeds: tuple[int, ...] = (0,)
     split_seed: int = 0
@@ -85,6 +87,9 @@ class Plan:
                 self.local_batch.isdigit() and int(self.local_batch) >= 1):
             raise ValueError(f"local batch size {self.local_batch!r} is not scaled, central or "
                              "a positive integer")
+        if self.client_momentum not in CLIENT_MOMENTUM:
+            raise ValueError(f"client momentum {self.client_momentum!r} is not one of "
+                             f"{', '.join(CLIENT_MOMENTUM)}")
 
     @property
     def federated_epochs(self) -> int:
@@ -150,6 +155,8 @@ class Plan:
             d.pop("central_epochs_override")
         if d["local_batch"] == "central":      # as before the option existed
             d.pop("local_batch")
+        if d["client_momentum"] == "restart":  # as before the option existed
+            d.pop("client_momentum")
         return d
 
 
@@ -268,7 +275,8 @@ def run_seed(plan: Plan, seed: int, train_rows: list[dict], progress: Progress |
             "num-rounds": plan.rounds, "local-epochs": plan.local_epochs, "model": plan.model,
             "strategy": plan.strategy, "seed": seed, "split-seed": plan.split_seed,
             "server-momentum": plan.server_momentum, "server-lr": plan.server_lr,
-            "proximal-mu": plan.proximal_mu, "batch-size": plan.local_batch_size(len(partition)),
+            "proximal-mu": plan.proximal_mu, "client-momentum": plan.client_momentum,
+            "batch-size": plan.local_batch_size(len(partition)),
             "min-sites": plan.hospitals_per_round(len(partition)),
             "fraction-train": plan.fraction,
             "sim-partition": str((root / "partition.json").resolve()),
@@ -312,7 +320,8 @@ def summarise(plan: Plan, results: list[SeedResult], n_partition: int) -> dict:
     out: dict = {
         "partition": plan.partition, "sites": n_partition, "rounds": plan.rounds,
         "local_epochs": plan.local_epochs, "central_epochs": plan.central_epochs,
-        "strategy": plan.strategy, "model": plan.model, "fraction": plan.fraction,
+        "strategy": plan.strategy, "client_momentum": plan.client_momentum,
+        "model": plan.model, "fraction": plan.fraction,
         "batch_size": {"central": TrainConfig.for_model(plan.model).batch_size,
                        "local": plan.local_batch_size(n_partition), "rule": plan.local_batch},
         "seeds": [r.seed for r in results], "split_seed": plan.split_seed,

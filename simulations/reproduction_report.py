@@ -100,7 +100,10 @@ def write_reproduction_report(out: Path, summary: dict, results) -> Path:
         f"{summary['sites']} hospitals, partition `{summary['partition']}`",
         "",
         f"Compute: {summary['equal_compute']}. Seeds {summary['seeds']} (training seed "
-        f"and partition seed; the 80/20 split keeps split seed {summary['split_seed']}). Both "
+        f"and partition seed; the 80/20 split keeps split seed {summary['split_seed']}). The "
+        f"hospitals' SGD momentum: {summary.get('client_momentum', 'restart')} "
+        "(carry: averaged with the weights and run on across rounds; restart: from zero "
+        "every round). Both "
         "models are scored by the coordinator on the same patients at their own calibrated "
         "temperature. **On the synthetic cohort, accuracy is a property of the software, not "
         "clinical evidence.**",
