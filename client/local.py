@@ -69,12 +69,10 @@ def load_momentum(model, optimizer: torch.optim.Optimizer,
 
 
 def momentum_of(model, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The optimiser's momentum buffers by parameter name (zeros where it took no step)."""
-    out = {}
-    for name, p in model.named_parameters():
-        buf = optimizer.state.get(p, {}).get("momentum_buffer")
-        out[name] = buf.detach().clone() if buf is not None else torch.zeros_like(p)
-    return out
+    """The optimiser's momentum buffers by parameter name (:func:`load_momentum` set one
+    for every parameter)."""
+    return {name: optimizer.state[p]["momentum_buffer"].detach().clone()
+            for name, p in model.named_parameters()}
 
 
 def train_round(data: SiteData, state: dict[str, torch.Tensor], config: TrainConfig,
