@@ -76,6 +76,8 @@ def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
     except BaseException as exc:
         write_status(out, "failed", state.round, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        coordinator.close()
 
 
 def _fmt(x) -> str:

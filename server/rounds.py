@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,8 @@ class Coordinator:
         self.refused: dict[int, str] = {}
         self._counts: dict[int, list[int]] = {}   # node id -> fit class counts
         self.responsive: set[int] = set()          # nodes whose reply was aggregated last
-        self.server_test = None
+        self.server_test = None        # Tensors of the coordinator's held-out set, if any
+        self._scorer = None
 
     # -- messages ------------------------------------------------------------------------
     def _base_config(self) -> dict:
@@ -190,7 +192,22 @@ class Coordinator:
         return sorted(nodes[int(i)] for i in picked)
 
     # -- evaluation ------------------------------------------------------------------------
-    def _scores(self, summed: dict, weights: dict[str, torch.Tensor]) -> dict:
+    def close(self) -> None:
+        """Stop the background scoring thread (the run is over)."""
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
+
+    def _held_out_scorer(self):
+        if self._scorer is None:
+            from .server_eval import HeldOutScorer
+            self._scorer = HeldOutScorer(self.server_test, self.config.model, self.input_shape)
+        return self._scorer
+
+    def _scores(self, summed: dict, weights: dict[str, torch.Tensor],
+                held_out: Future | None = None) -> dict:
+        """The pooled scores the sites sent for ``weights``, and the coordinator's own
+        held-out accuracy of them (``held_out``: already being computed)."""
         row: dict = {}
         val = add_summaries([summed], "val-")
         if val.get("n", 0) > 0:
@@ -203,7 +220,9 @@ class Coordinator:
             m = metrics_from_summary(test, bootstrap=0)
             row.update(test_accuracy=m["accuracy"], test_macro_f1=m["macro_f1"],
                        test_loss=m["loss"], test_ece=m["ece"], n_test=m["n_test"])
-        if self.server_test is not None:
+        if held_out is not None:
+            row["server_test_accuracy"] = held_out.result()
+        elif self.server_test is not None:
             from .server_eval import evaluate_on
             row["server_test_accuracy"] = evaluate_on(self.server_test, self.config.model,
                                                       self.input_shape, weights)["accuracy"]
@@ -272,6 +291,9 @@ class Coordinator:
                   "class-counts": [int(c) for c in state.global_counts],
                   "proximal-mu": self.aggregator.proximal_mu}
         t_send = self.clock()
+        # the coordinator's score of the weights the sites now train from, meanwhile
+        held_out = self._held_out_scorer().submit(state.weights) \
+            if self.server_test is not None else None
         outgoing = join_momentum(state.weights, state.momentum)
         replies, silent = self._send(nodes, TRAIN, config, outgoing,
                                      self.settings.round_timeout, str(server_round))
@@ -302,7 +324,7 @@ class Coordinator:
                    + float(dict(s.content["metrics"]).get("seconds-eval", 0.0)) for s in kept),
                # message payload as Flower counts it (arrays + records), per site
                "bytes_down_per_site": down, "bytes_up_per_site": float(np.mean(up))}
-        row.update(self._scores(summed, state.weights))
+        row.update(self._scores(summed, state.weights, held_out))
         self._consider(state, server_round - 1, row, state.weights)
         row.pop("val_nll_by_t", None)     # kept with the best round, not in rounds.jsonl
         row["seconds"] = self.clock() - t0

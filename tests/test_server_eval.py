@@ -1,0 +1,91 @@
+"""The coordinator's own held-out scoring: each round's score of the weights the sites
+train from runs in a background thread during the exchange; it must give the number the
+synchronous scoring gives, for the right weights, without moving the run's random stream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fedgrid import InProcessGrid
+from test_federation_loop import nodes, no_wait, settings
+
+from spinemet.common.models import build_model
+from spinemet.common.preprocess.pipeline import default_pipeline
+from spinemet.server.app import run_federation
+from spinemet.server.server_eval import HeldOutScorer, evaluate_on, load_held_out
+
+
+@pytest.fixture(scope="module")
+def held_out(small_cache):
+    pipeline = default_pipeline()
+    return load_held_out(str(small_cache), pipeline.hash()), tuple(pipeline.output_shape)
+
+
+def _weights(seed: int, shape) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.detach().clone() for k, v in build_model("paper", shape).state_dict().items()}
+
+
+def test_background_score_equals_the_synchronous_one(held_out):
+    data, shape = held_out
+    assert len(data) >= 20
+    scorer = HeldOutScorer(data, "paper", shape)
+    try:
+        for seed in (0, 1, 2):
+            weights = _weights(seed, shape)
+            expected = evaluate_on(data, "paper", shape, weights)["accuracy"]
+            assert scorer.submit(weights).result() == expected
+    finally:
+        scorer.close()
+
+
+def test_scoring_does_not_move_the_random_stream(held_out):
+    data, shape = held_out
+    weights = _weights(0, shape)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    scorer = HeldOutScorer(data, "paper", shape)
+    scorer.submit(weights).result()
+    scorer.close()
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_each_round_scores_the_weights_it_sent(small_cache, tmp_path, monkeypatch):
+    """rounds.jsonl's server_test_accuracy of round r is the held-out accuracy of the
+    weights round r sent to the sites (the model of round r - 1), scored in the
+    background."""
+    scored = []
+    submit = HeldOutScorer.submit
+
+    def recording(self, weights):
+        scored.append({k: v.clone() for k, v in weights.items()})
+        return submit(self, weights)
+    monkeypatch.setattr(HeldOutScorer, "submit", recording)
+    out = tmp_path / "run"
+    grid = InProcessGrid(nodes(small_cache))
+    run_federation(grid, settings(out, num_rounds=3, test_cache=str(small_cache)),
+                   **no_wait())
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r.get("round")]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    pipeline = default_pipeline()
+    data = load_held_out(str(small_cache), pipeline.hash())
+    shape = tuple(pipeline.output_shape)
+    sent = {}
+    for m in grid.sent:
+        if m.metadata.message_type == "train":
+            arrays = {k: torch.from_numpy(a.numpy().copy())
+                      for k, a in m.content["arrays"].items() if not k.startswith("momentum/")}
+            sent.setdefault(int(m.metadata.group_id), arrays)
+    assert sorted(sent) == [1, 2, 3]
+    scores = [evaluate_on(data, "paper", shape, sent[r])["accuracy"] for r in (1, 2, 3)]
+    assert [r["server_test_accuracy"] for r in rows] == scores
+    assert len(scored) == 3
+    for r, weights in zip((1, 2, 3), scored):
+        assert set(weights) == set(sent[r])
+        assert all(torch.equal(weights[k], sent[r][k]) for k in weights)
+    # the rounds trained: the model sent in round 3 is not round 1's
+    assert any(not torch.equal(sent[1][k], sent[3][k]) for k in sent[1])
