@@ -69,6 +69,10 @@ def serve(
     local_epochs: Annotated[int, typer.Option(
         help="Local epochs per round (rounds x local epochs = the centralized epoch "
              "count).")] = DEFAULTS.local_epochs,
+    batch_size: Annotated[int, typer.Option(
+        help="The sites' batch size (0: the model's centralized batch). 100 rounds x 1 local "
+             "epoch at batch 8 came closest to centralized training in simulation "
+             "(docs/simulation.md).")] = DEFAULTS.batch_size,
     model: Annotated[str, typer.Option(help="paper or resnet-gn.")] = DEFAULTS.model,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedavgm (server momentum) or fedadam.")] = DEFAULTS.strategy,
     min_sites: Annotated[int, typer.Option(
@@ -110,7 +114,8 @@ def serve(
         if certs is None and not insecure:
             raise typer.BadParameter("give --certs CERTS/coordinator, or --insecure for a "
                                      "closed test network", param_hint="--certs")
-        run_config = {"num-rounds": rounds, "local-epochs": local_epochs, "model": model,
+        run_config = {"num-rounds": rounds, "local-epochs": local_epochs,
+                      "batch-size": batch_size, "model": model,
                       "strategy": strategy, "min-sites": min_sites,
                       "wait-for-sites": wait_for_sites, "round-timeout": round_timeout,
                       "seed": seed, **_overrides(set_)}

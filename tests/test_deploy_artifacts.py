@@ -176,13 +176,14 @@ def _fake(tmp_path: Path, program: str) -> dict:
 def test_the_coordinator_entry_point_builds_a_command_flower_server_accepts(tmp_path):
     env = {**_fake(tmp_path, "flower-server"), "SPINEMET_OUT": str(tmp_path / "run"),
            "SPINEMET_ROUNDS": "7", "SPINEMET_LOCAL_EPOCHS": "3", "SPINEMET_MIN_SITES": "4",
+           "SPINEMET_BATCH_SIZE": "6",
            "SPINEMET_STRATEGY": "fedprox", "SPINEMET_THREADS": "2", "SPINEMET_CERTS": "/c"}
     done = run(DEPLOY / "bin" / "coordinator.sh", "--set", "proximal-mu=0.1", env=env)
     assert done.returncode == 0, done.stderr
     argv = json.loads(done.stdout)
     p = parse(["flower-server", *argv[1:]])
-    assert (p["rounds"], p["local_epochs"], p["min_sites"], p["strategy"], p["threads"]) == \
-        (7, 3, 4, "fedprox", 2)
+    assert (p["rounds"], p["local_epochs"], p["batch_size"], p["min_sites"], p["strategy"],
+            p["threads"]) == (7, 3, 6, 4, "fedprox", 2)
     assert (str(p["out"]), str(p["certs"]), p["port"], p["insecure"], list(p["set_"])) == \
         (str(tmp_path / "run"), "/c", 9092, False, ["proximal-mu=0.1"])
     assert p["round_timeout"] == 1800 and p["wait_for_sites"] == 600 and p["resume"] is None

@@ -10,7 +10,8 @@ if [ -f "$out/deployment.json" ]; then
     exec flower-server --resume "$out" "$@"
 fi
 set -- --out "$out" --host "${SPINEMET_HOST:-0.0.0.0}" --port "${SPINEMET_PORT:-9092}" \
-    --rounds "${SPINEMET_ROUNDS:-20}" --local-epochs "${SPINEMET_LOCAL_EPOCHS:-5}" \
+    --rounds "${SPINEMET_ROUNDS:-100}" --local-epochs "${SPINEMET_LOCAL_EPOCHS:-1}" \
+    --batch-size "${SPINEMET_BATCH_SIZE:-8}" \
     --model "${SPINEMET_MODEL:-paper}" --strategy "${SPINEMET_STRATEGY:-fedavg}" \
     --min-sites "${SPINEMET_MIN_SITES:-2}" \
     --wait-for-sites "${SPINEMET_WAIT_FOR_SITES:-600}" \
