@@ -16,7 +16,6 @@ On the default cohort's cache (written and preprocessed first when missing):
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 import time
@@ -80,7 +79,7 @@ def _ensure_data(data: Path, cache: Path):
 def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds: int,
                local_epochs: int, batch_size: int) -> tuple[float, float, float]:
     """(wall seconds, seconds in rounds, peak MiB) of one simulation."""
-    from spinemet.simulations.engine import SimulationRun, run_simulation
+    from spinemet.simulations.engine import SimulationRun, ray_cpus, run_simulation
     from spinemet.simulations.partition import (parse_partition, partition_patients,
                                                 write_partition)
 
@@ -96,7 +95,7 @@ def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds
                   "test-cache": str(cache.resolve()), "test-split": "test"}
     with PeakMemory(tag) as mem:
         status = run_simulation(SimulationRun(out=root / "run", run_config=run_config,
-                                              hospitals=hospitals, cpus=os.cpu_count(),
+                                              hospitals=hospitals, cpus=ray_cpus(),
                                               env={"SPINEMET_BENCH_TAG": tag}))
     rows_out = [json.loads(x) for x in (root / "run" / "rounds.jsonl").read_text().splitlines()
                 if x.strip()]

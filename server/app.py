@@ -57,7 +57,10 @@ def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
         metrics, temperature = coordinator.final_evaluation(state)
         coordinator.checkpoint(state)        # the same round, with the final selection
         append_round(out, state.history[-1])
-        if coordinator.server_test is not None:
+        if metrics.get("test_source") == "coordinator":   # the same scoring, done once
+            metrics["server_test"] = {k: v for k, v in metrics.items()
+                                      if k not in ("test_source", "ece_uncalibrated")}
+        elif coordinator.server_test is not None:
             from .server_eval import evaluate_on
             metrics["server_test"] = evaluate_on(coordinator.server_test, settings.model,
                                                  coordinator.input_shape,

@@ -80,6 +80,7 @@ class Coordinator:
         self.declared: dict[int, int] = {}      # node id -> fit examples declared at hello
         self.refused: dict[int, str] = {}
         self._counts: dict[int, list[int]] = {}   # node id -> fit class counts
+        self._test_counts: dict[int, int] = {}    # node id -> test patients declared
         self.responsive: set[int] = set()          # nodes whose reply was aggregated last
         self.server_test = None        # Tensors of the coordinator's held-out set, if any
         self._scorer = None
@@ -143,6 +144,7 @@ class Coordinator:
             metrics = dict(msg.content["metrics"])
             self.declared[node] = int(metrics["num-examples"])
             self._counts[node] = [int(c) for c in metrics["fit-counts"]]
+            self._test_counts[node] = int(sum(metrics["test-counts"]))
             log.info("node %d joined: %d studies to fit, %d to validate, %d to test", node,
                      sum(metrics["fit-counts"]), sum(metrics["val-counts"]),
                      sum(metrics["test-counts"]))
@@ -355,10 +357,16 @@ class Coordinator:
         nll = np.asarray(best.get("val_nll_by_t") or [], float)
         temperature = float(TEMPERATURE_GRID[int(nll.argmin())]) if nll.size and nll.any() \
             else 1.0
-        replies, _ = self._send(nodes, EVALUATE, {**self._base_config(),
-                                                  "temperature": temperature},
-                                best["weights"], self.settings.round_timeout, "calibrated")
-        test = add_summaries([self._sum_replies(replies)], "test-")
+        # the sites' test patients at that temperature; a simulation's virtual hospitals
+        # hold none (they said so at hello), so the coordinator's held-out set is used
+        # without asking them
+        if self.server_test is None or any(self._test_counts.get(n, 1) for n in nodes):
+            replies, _ = self._send(nodes, EVALUATE, {**self._base_config(),
+                                                      "temperature": temperature},
+                                    best["weights"], self.settings.round_timeout, "calibrated")
+            test = add_summaries([self._sum_replies(replies)], "test-")
+        else:
+            test = {}
         if test.get("n", 0) > 0:
             metrics = metrics_from_summary(test)
             metrics["test_source"] = "sites (pooled)"

@@ -41,7 +41,7 @@ from ..common.preprocess.pipeline import default_pipeline
 from ..common.training.loop import load_tensors
 from ..common.training.protocol import TrainConfig
 from .centralized import prepare_data, train_centralized
-from .engine import SimulationRun, run_simulation
+from .engine import SimulationRun, ray_cpus, run_simulation
 from .partition import parse_partition, partition_patients, plot_partition, write_partition
 from .scoring import Scored, mean_sd, paired_gap, score_model
 
@@ -286,7 +286,8 @@ def run_seed(plan: Plan, seed: int, train_rows: list[dict], progress: Progress |
             f"seed {seed}: federated rounds", int(row["round"]), plan.rounds))
         status = run_simulation(SimulationRun(
             out=federated.resolve(), run_config=run_config, hospitals=len(partition),
-            cpus_per_client=plan.cpus_per_client, cpus=os.cpu_count(), on_round=on_round))
+            cpus_per_client=plan.cpus_per_client,
+            cpus=ray_cpus(os.cpu_count(), plan.cpus_per_client), on_round=on_round))
         timing["federated"] = status["wall_seconds"]
         timing_path.write_text(json.dumps(timing, indent=1) + "\n")
     return timing["central"], timing["federated"]

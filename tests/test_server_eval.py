@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 from fedgrid import InProcessGrid
-from test_federation_loop import nodes, no_wait, settings
+from test_federation_loop import BIG, nodes, no_wait, settings
+from test_simulation import _partition
 
 from spinemet.common.models import build_model
 from spinemet.common.preprocess.pipeline import default_pipeline
@@ -84,8 +85,35 @@ def test_each_round_scores_the_weights_it_sent(small_cache, tmp_path, monkeypatc
     scores = [evaluate_on(data, "paper", shape, sent[r])["accuracy"] for r in (1, 2, 3)]
     assert [r["server_test_accuracy"] for r in rows] == scores
     assert len(scored) == 3
+    # these sites hold test patients: the selected model is scored on them too
+    assert "calibrated" in {m.metadata.group_id for m in grid.sent}
     for r, weights in zip((1, 2, 3), scored):
         assert set(weights) == set(sent[r])
         assert all(torch.equal(weights[k], sent[r][k]) for k in weights)
     # the rounds trained: the model sent in round 3 is not round 1's
     assert any(not torch.equal(sent[1][k], sent[3][k]) for k in sent[1])
+
+
+def test_without_site_test_patients_the_coordinator_scores_the_model_once(small_cache,
+                                                                          tmp_path):
+    """Virtual hospitals (simulation) hold no test patients and say so at hello: the
+    selected model is not sent to them again, and the held-out set is scored once."""
+    path, part, _ = _partition(small_cache, tmp_path)
+    hospitals = {BIG + 1 + i: {"site": name, "cache-path": str(small_cache),
+                               "partition-file": str(path)}
+                 for i, name in enumerate(sorted(part))}
+    out = tmp_path / "run"
+    grid = InProcessGrid(hospitals)
+    run_federation(grid, settings(out, num_rounds=2, test_cache=str(small_cache),
+                                  test_split="test"), **no_wait())
+    groups = [m.metadata.group_id for m in grid.sent]
+    assert groups.count("final") == 3 and "calibrated" not in groups
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_source"] == "coordinator"
+    pipeline = default_pipeline()
+    test = load_held_out(str(small_cache), pipeline.hash(), "test")
+    assert metrics["n_test"] == len(test) > 0
+    # the coordinator's scoring of the selected model, the same numbers as the headline
+    server = metrics["server_test"]
+    assert {"accuracy", "accuracy_ci95", "confusion_matrix", "macro_f1"} <= set(server)
+    assert all(metrics[k] == v for k, v in server.items())

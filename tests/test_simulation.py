@@ -334,3 +334,16 @@ def test_without_an_extra_cohort_the_summary_and_report_use_the_test_split(tmp_p
     assert "on the test split <= 1 point" in text and "(n = 60)" in text
     for png in ("accuracy_per_round.png", "confusion_central.png", "confusion_federated.png"):
         assert (out / png).stat().st_size > 1000, png
+
+
+def test_a_local_ray_gets_one_clientapp_more_than_the_cores():
+    from spinemet.simulations.engine import SimulationRun, ray_cpus, simulation_config
+    assert ray_cpus(2) == 3 and ray_cpus(8) == 9 and ray_cpus(4, cpus_per_client=2) == 6
+    local = simulation_config(SimulationRun(out=Path("/x"), run_config={}, hospitals=5,
+                                            cpus=ray_cpus(2), env={"RAY_ADDRESS": "local"}))
+    assert local["init_args_num_cpus"] == 3 and local["client_resources_num_cpus"] == 1
+    # a cluster's nodes say what they have: Ray refuses num_cpus there
+    cluster = simulation_config(SimulationRun(out=Path("/x"), run_config={}, hospitals=5,
+                                              cpus=ray_cpus(2),
+                                              env={"RAY_ADDRESS": "10.0.0.1:6379"}))
+    assert "init_args_num_cpus" not in cluster
