@@ -95,7 +95,7 @@ def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds
                   "test-cache": str(cache.resolve()), "test-split": "test"}
     with PeakMemory(tag) as mem:
         status = run_simulation(SimulationRun(out=root / "run", run_config=run_config,
-                                              hospitals=hospitals, cpus=ray_cpus(),
+                                              hospitals=hospitals, cpus=ray_cpus(hospitals),
                                               env={"SPINEMET_BENCH_TAG": tag}))
     rows_out = [json.loads(x) for x in (root / "run" / "rounds.jsonl").read_text().splitlines()
                 if x.strip()]

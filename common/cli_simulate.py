@@ -64,9 +64,9 @@ def simulate_command(
                                                             "\\[default: DATA/../extra-N-sSEED]."
                                                        )] = None,
     cpus_per_client: Annotated[int, typer.Option(help="Ray CPUs per virtual hospital's "
-                                                      "ClientApp (1: on 2 cores three train "
-                                                      "at once; Ray gets one more CPU than "
-                                                      "the cores).")] = 1,
+                                                      "ClientApp (1: one per core, and one "
+                                                      "more when a round's hospitals leave a "
+                                                      "core idle).")] = 1,
     workers: Annotated[Optional[int], typer.Option(help="Preprocessing / cohort processes "
                                                         "\\[default: all cores].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete a reproduction made with other "

@@ -48,15 +48,19 @@ class SimulationRun:
     env: dict = field(default_factory=dict)
 
 
-def ray_cpus(cores: int | None = None, cpus_per_client: int = 1) -> int:
-    """Ray's logical CPUs for a local simulation: room for one ClientApp more than the
-    cores (Ray's CPUs are logical). Each ClientApp runs one torch thread; with one actor
-    per core, 5 hospitals run in waves of 2, 2 and 1 and a core idles in the last wave,
-    while an extra actor keeps both cores busy (and covers the moments an actor spends
-    between torch calls). Measured on 2 cores, 5 IID hospitals, 100 rounds x 1 local
-    epoch at batch 8 (seed 0, alone, 2026-12-06): 2 actors 141 and 137 s, 3 actors 131 and
-    133 s, 4 actors 150 s, 5 actors 149 s (more contention than the waves cost)."""
-    return (cores or os.cpu_count() or 1) + cpus_per_client
+def ray_cpus(hospitals_per_round: int, cores: int | None = None,
+             cpus_per_client: int = 1) -> int:
+    """Ray's logical CPUs for a local simulation (Ray's CPUs are logical): one ClientApp
+    per core, plus one when a round's hospitals do not fill whole waves. Each ClientApp
+    runs one torch thread; with one actor per core, 5 hospitals on 2 cores run in waves
+    of 2, 2 and 1 and a core idles in the last wave; a third actor keeps both busy.
+    Measured on 2 cores, 5 IID hospitals, 100 rounds x 1 local epoch at batch 8 (seed 0,
+    alone, 2026-12-06): 2 actors 141 and 137 s, 3 actors 131 and 133 s, 4 actors 150 s,
+    5 actors 149 s (more contention than the waves cost). 100 hospitals (whole waves) ran
+    3 rounds in 12 s with 3 actors against 9 s with 2."""
+    slots = max(1, (cores or os.cpu_count() or 1) // max(1, cpus_per_client))
+    extra = 1 if hospitals_per_round > slots and hospitals_per_round % slots else 0
+    return (slots + extra) * cpus_per_client
 
 
 def ray_address(sim: SimulationRun) -> str:

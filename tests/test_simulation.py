@@ -336,14 +336,20 @@ def test_without_an_extra_cohort_the_summary_and_report_use_the_test_split(tmp_p
         assert (out / png).stat().st_size > 1000, png
 
 
-def test_a_local_ray_gets_one_clientapp_more_than_the_cores():
+def test_a_local_ray_gets_an_extra_clientapp_when_a_round_leaves_a_core_idle():
     from spinemet.simulations.engine import SimulationRun, ray_cpus, simulation_config
-    assert ray_cpus(2) == 3 and ray_cpus(8) == 9 and ray_cpus(4, cpus_per_client=2) == 6
+    # 5 hospitals on 2 cores: waves 2 + 2 + 1 would idle a core; 3 actors: 3 + 2
+    assert ray_cpus(5, 2) == 3 and ray_cpus(3, 2) == 3 and ray_cpus(7, 4) == 5
+    # whole waves, or no more hospitals than cores: one actor per core
+    assert ray_cpus(4, 2) == 2 and ray_cpus(20, 2) == 2 and ray_cpus(100, 2) == 2
+    assert ray_cpus(1, 2) == 2 and ray_cpus(2, 8) == 8
+    # ClientApps of 2 CPUs on 4 cores: 2 slots; 3 hospitals -> a third slot (6 CPUs)
+    assert ray_cpus(3, 4, cpus_per_client=2) == 6 and ray_cpus(4, 4, cpus_per_client=2) == 4
     local = simulation_config(SimulationRun(out=Path("/x"), run_config={}, hospitals=5,
-                                            cpus=ray_cpus(2), env={"RAY_ADDRESS": "local"}))
+                                            cpus=ray_cpus(5, 2), env={"RAY_ADDRESS": "local"}))
     assert local["init_args_num_cpus"] == 3 and local["client_resources_num_cpus"] == 1
     # a cluster's nodes say what they have: Ray refuses num_cpus there
     cluster = simulation_config(SimulationRun(out=Path("/x"), run_config={}, hospitals=5,
-                                              cpus=ray_cpus(2),
+                                              cpus=ray_cpus(5, 2),
                                               env={"RAY_ADDRESS": "10.0.0.1:6379"}))
     assert "init_args_num_cpus" not in cluster
