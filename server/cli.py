@@ -153,7 +153,9 @@ def existing_run(out: Path) -> str:
 
 def _resume_options(run: Path) -> DeploymentOptions:
     options = DeploymentOptions.load(run / "deployment.json")
-    options.run_config = {**options.run_config, "resume": True}
+    # a run started before --batch-size existed trained at the model's batch (0), not at
+    # today's default
+    options.run_config = {"batch-size": 0, **options.run_config, "resume": True}
     return options
 
 

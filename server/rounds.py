@@ -256,7 +256,7 @@ class Coordinator:
                 # checkpoints from before client-momentum existed restarted it every round
                 saved = {"client_momentum": "restart", **blob.get("settings", {})}
                 for key in ("model", "strategy", "num_rounds", "local_epochs", "seed",
-                            "split_seed", "client_momentum"):
+                            "split_seed", "client_momentum", "batch_size"):
                     if saved.get(key) != getattr(self.settings, key):
                         raise FederationError(
                             f"{path}: {key} was {saved.get(key)!r}, this run asks "

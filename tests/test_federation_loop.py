@@ -284,11 +284,25 @@ def test_resume_after_a_crash_ends_with_the_same_weights(small_cache, tmp_path, 
     assert [r["round"] for r in read_rounds(broken)] == [1, 2, 3, None]
 
 
-def test_resume_refuses_other_settings(small_cache, tmp_path, completed):
+@pytest.mark.parametrize("change", [{"num_rounds": 5}, {"batch_size": 4}])
+def test_resume_refuses_other_settings(small_cache, tmp_path, completed, change):
     out, _, _ = completed
-    with pytest.raises(FederationError, match="num_rounds"):
+    with pytest.raises(FederationError, match=next(iter(change))):
         run_federation(InProcessGrid(nodes(small_cache)),
-                       settings(out, num_rounds=5, resume=True), **no_wait())
+                       settings(out, resume=True, **change), **no_wait())
+
+
+def test_a_run_folder_from_before_batch_size_resumes_at_the_models_batch(tmp_path):
+    from spinemet.server.cli import _resume_options
+    from spinemet.server.deployment import DeploymentOptions
+    old = {"num-rounds": 20, "local-epochs": 5, "model": "paper", "seed": 0}
+    DeploymentOptions(str(tmp_path), None, run_config=old).save(tmp_path / "deployment.json")
+    resumed = _resume_options(tmp_path).run_config
+    assert resumed == {**old, "batch-size": 0, "resume": True}
+    assert Settings.from_run_config({**resumed, "out-dir": str(tmp_path)}).batch_size == 0
+    new = {**old, "batch-size": 8}
+    DeploymentOptions(str(tmp_path), None, run_config=new).save(tmp_path / "deployment.json")
+    assert _resume_options(tmp_path).run_config["batch-size"] == 8
 
 
 def test_round_time_is_split_into_exchange_coordinator_and_checkpoint(small_cache, tmp_path,
