@@ -114,6 +114,18 @@ def rounds(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def assert_completed(run: Path, code: int, log: str, num_rounds: int = 2,
+                     sites: int = 3) -> list[dict]:
+    """flower-server exited 0, the run says completed, and every round aggregated every
+    site; returns the rounds (the final evaluation's line last)."""
+    assert code == 0, log[-3000:]
+    assert status(run)["state"] == "completed"
+    rows = rounds(run)
+    assert [r["round"] for r in rows] == [*range(1, num_rounds + 1), None]
+    assert all(r["aggregated"] == sites for r in rows[:num_rounds])
+    return rows
+
+
 def copy_cache(cache: Path, to: Path) -> Path:
     """A site cache without the running worker's socket/key and SuperNode state."""
     shutil.copytree(cache, to, ignore=shutil.ignore_patterns(

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from deployment import Procs, copy_cache, rounds, status, wait_for
+from deployment import Procs, assert_completed, copy_cache, rounds, status, wait_for
 
 from spinemet.common.certs import init_pki
 from spinemet.common.cohort.writer import read_labels
@@ -142,12 +142,8 @@ def _control_from_outside(run, port, fed) -> dict:
 
 
 def test_three_sites_with_tls_and_enrolment_complete(happy, small_cohort):
-    assert happy["code"] == 0, happy["server_log"][-3000:]
     run = happy["run"]
-    assert status(run)["state"] == "completed"
-    rows = rounds(run)
-    assert [r["round"] for r in rows] == [1, 2, None]
-    assert all(r["aggregated"] == 3 for r in rows[:2])
+    assert_completed(run, happy["code"], happy["server_log"])
     for name in ("model.pt", "metrics.json", "report.md", "accuracy_per_round.png",
                  "confusion_matrix.png", "serverapp.log"):
         assert (run / name).is_file(), name
