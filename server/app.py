@@ -57,14 +57,6 @@ def run_federation(grid: Grid, settings: Settings, **clock) -> dict:
         metrics, temperature = coordinator.final_evaluation(state)
         coordinator.checkpoint(state)        # the same round, with the final selection
         append_round(out, state.history[-1])
-        if metrics.get("test_source") == "coordinator":   # the same scoring, done once
-            metrics["server_test"] = {k: v for k, v in metrics.items()
-                                      if k not in ("test_source", "ece_uncalibrated")}
-        elif coordinator.server_test is not None:
-            from .server_eval import evaluate_on
-            metrics["server_test"] = evaluate_on(coordinator.server_test, settings.model,
-                                                 coordinator.input_shape,
-                                                 state.best["weights"], temperature, 2000)
         write_final(out, settings, coordinator.config, metrics, state.history, state.best,
                     temperature, coordinator.input_shape, coordinator.pipeline_hash,
                     coordinator.pipeline_params)

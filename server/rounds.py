@@ -222,12 +222,10 @@ class Coordinator:
             m = metrics_from_summary(test, bootstrap=0)
             row.update(test_accuracy=m["accuracy"], test_macro_f1=m["macro_f1"],
                        test_loss=m["loss"], test_ece=m["ece"], n_test=m["n_test"])
+        if held_out is None and self.server_test is not None:
+            held_out = self._held_out_scorer().submit(weights)
         if held_out is not None:
             row["server_test_accuracy"] = held_out.result()
-        elif self.server_test is not None:
-            from .server_eval import evaluate_on
-            row["server_test_accuracy"] = evaluate_on(self.server_test, self.config.model,
-                                                      self.input_shape, weights)["accuracy"]
         return row
 
     def _consider(self, state: RunState, evaluated_round: int, row: dict,
@@ -367,18 +365,22 @@ class Coordinator:
             test = add_summaries([self._sum_replies(replies)], "test-")
         else:
             test = {}
-        if test.get("n", 0) > 0:
-            metrics = metrics_from_summary(test)
-            metrics["test_source"] = "sites (pooled)"
-        elif self.server_test is not None:
-            # simulation: the virtual hospitals hold training patients only
+        # the coordinator's own held-out set, scored once: the headline when the sites
+        # hold no test patients (simulation), and metrics.json's server_test either way
+        server = None
+        if self.server_test is not None:
             from .server_eval import evaluate_on
-            metrics = evaluate_on(self.server_test, self.config.model, self.input_shape,
-                                  best["weights"], temperature, 2000)
-            metrics["test_source"] = "coordinator"
+            server = evaluate_on(self.server_test, self.config.model, self.input_shape,
+                                 best["weights"], temperature, 2000)
+        if test.get("n", 0) > 0:
+            metrics = {**metrics_from_summary(test), "test_source": "sites (pooled)"}
+        elif server is not None:
+            metrics = {**server, "test_source": "coordinator"}
         else:
             raise FederationError("no site has test patients and the coordinator has no "
                                   "held-out set (--test-data): nothing to score the model on")
+        if server is not None:
+            metrics["server_test"] = server
         metrics["ece_uncalibrated"] = best.get("ece_uncalibrated")
         return metrics, temperature
 

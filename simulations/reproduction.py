@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -287,8 +286,8 @@ def run_seed(plan: Plan, seed: int, train_rows: list[dict], progress: Progress |
         status = run_simulation(SimulationRun(
             out=federated.resolve(), run_config=run_config, hospitals=len(partition),
             cpus_per_client=plan.cpus_per_client,
-            cpus=ray_cpus(plan.hospitals_per_round(len(partition)), os.cpu_count(),
-                          plan.cpus_per_client), on_round=on_round))
+            cpus=ray_cpus(plan.hospitals_per_round(len(partition)),
+                          cpus_per_client=plan.cpus_per_client), on_round=on_round))
         timing["federated"] = status["wall_seconds"]
         timing_path.write_text(json.dumps(timing, indent=1) + "\n")
     return timing["central"], timing["federated"]

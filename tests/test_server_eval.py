@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from fedgrid import InProcessGrid
@@ -15,6 +16,7 @@ from test_simulation import _partition
 from spinemet.common.models import build_model
 from spinemet.common.preprocess.pipeline import default_pipeline
 from spinemet.server.app import run_federation
+from spinemet.server.checkpoint import load_checkpoint
 from spinemet.server.server_eval import HeldOutScorer, evaluate_on, load_held_out
 
 
@@ -29,15 +31,32 @@ def _weights(seed: int, shape) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in build_model("paper", shape).state_dict().items()}
 
 
+def _answering(label: int, shape) -> dict[str, torch.Tensor]:
+    """Weights whose output layer always answers ``label``."""
+    weights = _weights(0, shape)
+    weights["out.bias"] = torch.full_like(weights["out.bias"], -50.0)
+    weights["out.bias"][label] = 50.0
+    return weights
+
+
 def test_background_score_equals_the_synchronous_one(held_out):
     data, shape = held_out
-    assert len(data) >= 20
+    # unequal class shares (all of class 0, half of class 1, none of class 2), so
+    # constant answers score differently
+    y = data.y.numpy()
+    data = data.subset((y == 0) | ((y == 1) & (np.cumsum(y == 1) % 2 == 0)))
+    assert len(data) >= 10
     scorer = HeldOutScorer(data, "paper", shape)
     try:
-        for seed in (0, 1, 2):
-            weights = _weights(seed, shape)
+        scores = []
+        for label in (0, 1, 2):
+            weights = _answering(label, shape)
             expected = evaluate_on(data, "paper", shape, weights)["accuracy"]
-            assert scorer.submit(weights).result() == expected
+            scores.append(scorer.submit(weights).result())
+            assert scores[-1] == expected
+            # a constant answer scores the share of its class
+            assert scores[-1] == pytest.approx(float((data.y == label).float().mean()))
+        assert len(set(scores)) > 1        # the weights, not a cached result, decide
     finally:
         scorer.close()
 
@@ -84,7 +103,10 @@ def test_each_round_scores_the_weights_it_sent(small_cache, tmp_path, monkeypatc
     assert sorted(sent) == [1, 2, 3]
     scores = [evaluate_on(data, "paper", shape, sent[r])["accuracy"] for r in (1, 2, 3)]
     assert [r["server_test_accuracy"] for r in rows] == scores
-    assert len(scored) == 3
+    # each round's starting weights, then the final evaluation's (round 3's model)
+    assert len(scored) == 4
+    final = load_checkpoint(out / "checkpoints" / "round-0003.pt")["weights"]
+    assert all(torch.equal(scored[3][k], final[k]) for k in final)
     # these sites hold test patients: the selected model is scored on them too
     assert "calibrated" in {m.metadata.group_id for m in grid.sent}
     for r, weights in zip((1, 2, 3), scored):
