@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed epochs per loop in the training benchmark (default 3)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds of the federation benchmark (default 5)")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="alternating centralized / federated pairs of the simulation "
+                         "benchmark; its verdict is the median ratio (default 3)")
     ap.add_argument("--data", type=Path, default=Path("data/cohort"),
                     help="cohort of the simulation benchmark (written when missing)")
     ap.add_argument("--cache", type=Path, default=Path("data/cache"),
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "simulation"):
         from .simulation import bench_simulation
 
-        rows += bench_simulation(args.data, args.cache)
+        rows += bench_simulation(args.data, args.cache, pairs=args.pairs)
     from rich.console import Console
     from rich.table import Table
 
