@@ -169,6 +169,10 @@ class SeedResult:
     federated_rounds: list[dict] = field(default_factory=list)
     central_best_epoch: int = 0
     federated_best_round: int = 0
+    # the pooled validation loss of each side's selected model (the same validation
+    # patients on both sides): the report's diagnosis of a gap
+    central_val_loss: float | None = None
+    federated_val_loss: float | None = None
 
 
 def check_plan(plan: Plan) -> None:
@@ -309,10 +313,28 @@ def score_seed(plan: Plan, seed: int, walls: tuple[float, float], test, extra,
     result.federated_best_round = int(fed_metrics["best_round"])
     rounds = root / "federated" / "rounds.jsonl"
     result.federated_rounds = [json.loads(x) for x in rounds.read_text().splitlines() if x]
+    result.central_val_loss = _central_val_loss(root / "central" / "history.csv",
+                                                result.central_best_epoch)
+    result.federated_val_loss = next(
+        (float(r["val_loss"]) for r in result.federated_rounds
+         if r.get("evaluated_round") == result.federated_best_round and "val_loss" in r), None)
     (root / "scores.json").write_text(json.dumps(
         {side: {part: s.metrics for part, s in getattr(result, side).items()}
          for side in ("central", "federated")}, indent=1) + "\n")
     return result
+
+
+def _central_val_loss(history: Path, epoch: int) -> float | None:
+    """The validation loss of ``epoch`` in a ``spinemet train`` history.csv."""
+    import csv
+    try:
+        with history.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if int(row["epoch"]) == epoch and row.get("val_loss"):
+                    return float(row["val_loss"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
 
 
 def summarise(plan: Plan, results: list[SeedResult], n_partition: int) -> dict:
@@ -339,8 +361,10 @@ def summarise(plan: Plan, results: list[SeedResult], n_partition: int) -> dict:
                                                               else r.federated_wall)
             if side == "central":
                 block["per_seed"][str(r.seed)]["best_epoch"] = r.central_best_epoch
+                block["per_seed"][str(r.seed)]["best_val_loss"] = r.central_val_loss
             else:
                 block["per_seed"][str(r.seed)]["best_round"] = r.federated_best_round
+                block["per_seed"][str(r.seed)]["best_val_loss"] = r.federated_val_loss
         for part in parts:
             block[part] = mean_sd([getattr(r, side)[part].metrics for r in results])
         walls = [r.central_wall if side == "central" else r.federated_wall for r in results]

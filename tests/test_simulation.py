@@ -315,7 +315,8 @@ def test_without_an_extra_cohort_the_summary_and_report_use_the_test_split(tmp_p
     for seed in (0, 1):
         r = SeedResult(seed, 100.0, 150.0, central={"test": scored(0.9)},
                        federated={"test": scored(0.8)}, central_best_epoch=90,
-                       federated_best_round=95)
+                       federated_best_round=95, central_val_loss=0.15 + seed / 100,
+                       federated_val_loss=0.30)
         r.federated_rounds = [{"round": k, "evaluated_round": k - 1,
                                "server_test_accuracy": 0.3 + 0.005 * k} for k in range(1, 101)]
         results.append(r)
@@ -332,8 +333,49 @@ def test_without_an_extra_cohort_the_summary_and_report_use_the_test_split(tmp_p
     text = write_reproduction_report(out, summary, results).read_text()
     assert "extra" not in text.lower()
     assert "on the test split <= 1 point" in text and "(n = 60)" in text
+    assert "centralized 0.155, federated 0.300" in text and "2 of 2 in the last tenth" in text
+    assert summary["federated"]["per_seed"]["1"]["best_val_loss"] == 0.30
+    assert summary["central"]["per_seed"]["1"]["best_val_loss"] == pytest.approx(0.16)
     for png in ("accuracy_per_round.png", "confusion_central.png", "confusion_federated.png"):
         assert (out / png).stat().st_size > 1000, png
+
+
+def test_the_report_reads_the_gap_from_the_validation_losses_and_selected_rounds():
+    """The report's diagnosis: under-trained (higher validation loss, selected late),
+    converged worse (higher loss, selected early), or not explained by fit (lower loss)."""
+    from spinemet.simulations.reproduction import SeedResult
+    from spinemet.simulations.reproduction_report import diagnosis
+
+    summary = {"rounds": 100, "central_epochs": 100}
+
+    def results(fed_loss, fed_round):
+        return [SeedResult(s, 1.0, 1.0, central_best_epoch=60, federated_best_round=fed_round,
+                           central_val_loss=0.15, federated_val_loss=fed_loss) for s in (0, 1)]
+
+    text = "\n".join(diagnosis(summary, results(0.35, 97)))
+    assert "centralized 0.150, federated 0.350" in text and "2 of 2 in the last tenth" in text
+    assert "under-trained" in text
+    text = "\n".join(diagnosis(summary, results(0.35, 40)))
+    assert "0 of 2 in the last tenth" in text and "converged to a worse model" in text
+    assert "under-trained at" not in text
+    mixed = results(0.35, 97)[:1] + results(0.35, 40) + results(0.35, 50)
+    text = "\n".join(diagnosis(summary, mixed))
+    assert "1 of 5 in the last tenth" in text and "mixed" in text
+    text = "\n".join(diagnosis(summary, results(0.10, 97)))
+    assert "not explained by under-training" in text
+    no_loss = [SeedResult(0, 1.0, 1.0)]
+    assert diagnosis(summary, no_loss) == ["- The runs recorded no validation loss to compare."]
+
+
+def test_the_central_val_loss_is_read_at_the_selected_epoch(tmp_path):
+    from spinemet.simulations.reproduction import _central_val_loss
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy\n"
+                       "1,0.1,1.2,0.3,1.10,0.33\n2,0.1,0.9,0.5,0.75,0.60\n")
+    assert _central_val_loss(history, 2) == pytest.approx(0.75)
+    assert _central_val_loss(history, 3) is None
+    assert _central_val_loss(tmp_path / "missing.csv", 1) is None
 
 
 def test_a_local_ray_gets_an_extra_clientapp_when_a_round_leaves_a_core_idle():
