@@ -19,6 +19,7 @@ On the default cohort's cache (written and preprocessed first when missing):
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -110,11 +111,6 @@ def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/
                      rounds: int = 100, local_epochs: int = 1,
                      scales: tuple[int, ...] = (5, 20, 100), scale_rounds: int = 3,
                      pairs: int = 3) -> list[tuple]:
-    import statistics
-
-    from spinemet.common.cohort.writer import read_labels
-    from spinemet.common.training.protocol import TrainConfig
-    from spinemet.simulations.centralized import train_centralized
     from spinemet.simulations.reproduction import Plan
 
     if pairs < 1:
@@ -122,6 +118,22 @@ def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/
     batch = Plan(data=str(data), out="", cache=str(cache)).local_batch_size   # the default rule
     rows = _ensure_data(data, cache)
     root = Path(tempfile.mkdtemp(prefix="spinemet-bench-sim-"))
+    try:
+        return _bench_in(root, data, cache, rows, batch, rounds, local_epochs, scales,
+                         scale_rounds, pairs)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench_in(root: Path, data: Path, cache: Path, rows: list[dict], batch, rounds: int,
+              local_epochs: int, scales: tuple[int, ...], scale_rounds: int,
+              pairs: int) -> list[tuple]:
+    import statistics
+
+    from spinemet.common.cohort.writer import read_labels
+    from spinemet.common.training.protocol import TrainConfig
+    from spinemet.simulations.centralized import train_centralized
+
     epochs = rounds * local_epochs
     measured = []       # (centralized s, federated s, federated s in rounds) per pair
     for i in range(pairs):
