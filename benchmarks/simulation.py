@@ -19,7 +19,7 @@ On the default cohort's cache (written and preprocessed first when missing):
 from __future__ import annotations
 
 import json
-import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -107,71 +107,60 @@ def _federated(root: Path, cache: Path, rows: list[dict], hospitals: int, rounds
     return status["wall_seconds"], in_rounds, mem.peak
 
 
+def _each(values: list[float], unit: str = " s", fmt: str = ".0f") -> str:
+    """One value as is; several as their median and the values."""
+    shown = ", ".join(f"{v:{fmt}}" for v in values)
+    if len(values) == 1:
+        return shown + unit
+    return f"{statistics.median(values):{fmt}}{unit} (median of {shown})"
+
+
 def bench_simulation(data: Path = Path("data/cohort"), cache: Path = Path("data/cache"),
                      rounds: int = 100, local_epochs: int = 1,
                      scales: tuple[int, ...] = (5, 20, 100), scale_rounds: int = 3,
                      pairs: int = 3) -> list[tuple]:
+    from spinemet.common.cohort.writer import read_labels
+    from spinemet.common.training.protocol import TrainConfig
+    from spinemet.simulations.centralized import train_centralized
     from spinemet.simulations.reproduction import Plan
 
     if pairs < 1:
         raise ValueError(f"pairs must be >= 1, not {pairs}")
     batch = Plan(data=str(data), out="", cache=str(cache)).local_batch_size   # the default rule
     rows = _ensure_data(data, cache)
-    root = Path(tempfile.mkdtemp(prefix="spinemet-bench-sim-"))
-    try:
-        return _bench_in(root, data, cache, rows, batch, rounds, local_epochs, scales,
-                         scale_rounds, pairs)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="spinemet-bench-sim-") as tmp:
+        root = Path(tmp)
+        epochs = rounds * local_epochs
+        measured = []       # (centralized s, federated s, federated s in rounds) per pair
+        for i in range(pairs):
+            t0 = time.monotonic()
+            train_centralized(data, cache, root / f"central-{i}",
+                              TrainConfig.for_model("paper", epochs=epochs, seed=0),
+                              read_labels(data / "labels.csv"))
+            central = time.monotonic() - t0
+            wall, in_rounds, _ = _federated(root / f"fed-equal-{i}", cache, rows, 5, rounds,
+                                            local_epochs, batch(5))
+            measured.append((central, wall, in_rounds))
+        ratios = [f / c for c, f, _ in measured]
+        ratio = statistics.median(ratios)
 
-
-def _bench_in(root: Path, data: Path, cache: Path, rows: list[dict], batch, rounds: int,
-              local_epochs: int, scales: tuple[int, ...], scale_rounds: int,
-              pairs: int) -> list[tuple]:
-    import statistics
-
-    from spinemet.common.cohort.writer import read_labels
-    from spinemet.common.training.protocol import TrainConfig
-    from spinemet.simulations.centralized import train_centralized
-
-    epochs = rounds * local_epochs
-    measured = []       # (centralized s, federated s, federated s in rounds) per pair
-    for i in range(pairs):
-        t0 = time.monotonic()
-        train_centralized(data, cache, root / f"central-{i}",
-                          TrainConfig.for_model("paper", epochs=epochs, seed=0),
-                          read_labels(data / "labels.csv"))
-        central = time.monotonic() - t0
-        wall, in_rounds, _ = _federated(root / f"fed-equal-{i}", cache, rows, 5, rounds,
-                                        local_epochs, batch(5))
-        measured.append((central, wall, in_rounds))
-    ratios = [f / c for c, f, _ in measured]
-    ratio = statistics.median(ratios)
-
-    def each(values, unit=" s", fmt=".0f"):
-        """One value as is; several as their median and the values."""
-        shown = ", ".join(f"{v:{fmt}}" for v in values)
-        if len(values) == 1:
-            return shown + unit
-        return f"{statistics.median(values):{fmt}}{unit} (median of {shown})"
-
-    out = [
-        (f"simulation: centralized, paper, {epochs} epochs ({len(rows)} training patients)",
-         each([c for c, _, _ in measured]), "", ""),
-        (f"simulation: federated, 5 IID hospitals, {rounds} rounds x {local_epochs} local "
-         f"epochs, batch {batch(5)}", each([f for _, f, _ in measured]), "", ""),
-        ("simulation: of which start-up (SuperLink, Ray, loading) and wind-down",
-         each([f - r for _, f, r in measured]), "", ""),
-        (f"simulation: federated / centralized wall time at equal compute ({pairs} "
-         f"alternating pair{'s' if pairs > 1 else ''})", each(ratios, "", ".2f"), "<= 1.5",
-         f"{ratio / 1.5:.2f}"),
-    ]
-    for n in scales:
-        wall, in_rounds, peak = _federated(root / f"scale-{n}", cache, rows, n, scale_rounds, 1,
-                                           batch(n))
-        out.append((f"simulation: {n} hospitals, {scale_rounds} rounds x 1 epoch, batch "
-                    f"{batch(n)} (wall / in rounds)", f"{wall:.0f} s / {in_rounds:.0f} s", "",
-                    ""))
-        out.append((f"simulation: {n} hospitals, peak memory (PSS, all processes)",
-                    f"{peak:.0f} MiB", "", ""))
-    return out
+        out = [
+            (f"simulation: centralized, paper, {epochs} epochs ({len(rows)} training "
+             "patients)", _each([c for c, _, _ in measured]), "", ""),
+            (f"simulation: federated, 5 IID hospitals, {rounds} rounds x {local_epochs} local "
+             f"epochs, batch {batch(5)}", _each([f for _, f, _ in measured]), "", ""),
+            ("simulation: of which start-up (SuperLink, Ray, loading) and wind-down",
+             _each([f - r for _, f, r in measured]), "", ""),
+            (f"simulation: federated / centralized wall time at equal compute ({pairs} "
+             f"alternating pair{'s' if pairs > 1 else ''})", _each(ratios, "", ".2f"), "<= 1.5",
+             f"{ratio / 1.5:.2f}"),
+        ]
+        for n in scales:
+            wall, in_rounds, peak = _federated(root / f"scale-{n}", cache, rows, n,
+                                               scale_rounds, 1, batch(n))
+            out.append((f"simulation: {n} hospitals, {scale_rounds} rounds x 1 epoch, batch "
+                        f"{batch(n)} (wall / in rounds)", f"{wall:.0f} s / {in_rounds:.0f} s",
+                        "", ""))
+            out.append((f"simulation: {n} hospitals, peak memory (PSS, all processes)",
+                        f"{peak:.0f} MiB", "", ""))
+        return out
